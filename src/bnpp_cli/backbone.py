@@ -1,0 +1,209 @@
+"""Backbone loading: any timm model, the way timm users expect.
+
+    load_backbone(BackboneConfig("resnet18", checkpoint="r18.safetensors", num_classes=10, img_size=32))
+        -> Backbone(model in eval mode, data_config (mean, std, input_size), weights label)
+
+Weights come from one of three places, and every figure that depends on them says which
+(`Backbone.weights`): "random" (timm's init, the default), "pretrained" (timm's own weights,
+fetched from the hub when online), or the path of a local checkpoint (.safetensors, or .pth/.pt/.bin
+read with ``torch.load(weights_only=True)``: nothing a user hands us is unpickled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError, choices_hint
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_NESTING_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
+
+
+@dataclass
+class BackboneConfig:
+    model: str
+    pretrained: bool = False  # timm's own weights; needs the network
+    checkpoint: str | None = None  # a local weights file, overrides pretrained
+    num_classes: int | None = None  # None keeps the model's default (1000 for ImageNet models)
+    img_size: int | None = None  # None keeps the model's default input size
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed on to timm.create_model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    config: BackboneConfig
+    data_config: dict[str, Any]  # mean, std, input_size (C, H, W), crop_pct, interpolation
+    weights: str  # "random" | "pretrained" | the checkpoint path
+    create_kwargs: dict[str, Any]  # exactly what timm.create_model received (to rebuild it)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.data_config["input_size"])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.model, "num_classes", 0) or 0)
+
+
+def _check_model_name(name: str) -> None:
+    import timm
+
+    if timm.is_model(name):
+        return
+    names = timm.list_models()
+    raise ModelError(f"unknown timm model '{name}'", hint=choices_hint(name, names))
+
+
+def create_timm_model(name: str, create_kwargs: dict[str, Any], pretrained: bool = False) -> nn.Module:
+    """timm.create_model, with `None` kwargs dropped so that they never override a model's defaults."""
+    import timm
+
+    kwargs = {k: v for k, v in create_kwargs.items() if v is not None}
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        bad = [k for k in kwargs if k in str(e)]
+        raise ModelError(f"timm model '{name}' does not accept {', '.join(bad) or 'these arguments'}: {e}") from None
+
+
+def load_backbone(config: BackboneConfig) -> Backbone:
+    """Create the timm model, load its weights, resolve its data config. Eval mode."""
+    _check_model_name(config.model)
+    if config.img_size is not None and not (8 <= config.img_size <= 4096):
+        raise ModelError(f"--img-size {config.img_size} is out of range", hint="valid: 8 to 4096 pixels")
+    if config.num_classes is not None and config.num_classes < 1:
+        raise ModelError(f"--num-classes {config.num_classes} must be at least 1")
+    create_kwargs: dict[str, Any] = dict(config.model_kwargs)
+    if config.num_classes is not None:
+        create_kwargs["num_classes"] = config.num_classes
+    if config.img_size is not None:
+        create_kwargs["img_size"] = config.img_size
+        try:
+            model = create_timm_model(config.model, create_kwargs)
+        except ModelError:
+            # conv nets take any input size: img_size only changes the data config
+            create_kwargs.pop("img_size")
+            model = None
+    else:
+        model = None
+    use_pretrained = config.pretrained and config.checkpoint is None
+    if model is None or use_pretrained:
+        if use_pretrained:
+            model = _create_pretrained(config.model, create_kwargs)
+        else:
+            model = create_timm_model(config.model, create_kwargs)
+    weights = "pretrained" if use_pretrained else "random"
+    if config.checkpoint is not None:
+        load_checkpoint(model, config.checkpoint)
+        weights = str(config.checkpoint)
+    model.eval()
+    data_config = resolve_data_config(model, config.img_size)
+    _probe_forward(model, data_config["input_size"], config)
+    return Backbone(model, config, data_config, weights, create_kwargs)
+
+
+def _create_pretrained(name: str, create_kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return create_timm_model(name, create_kwargs, pretrained=True)
+    except ModelError:
+        raise
+    except Exception as e:  # hub errors come in many types (OSError, HTTP, offline mode)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"could not fetch pretrained weights for '{name}' (offline?): {reason}",
+            hint="use --checkpoint FILE for local weights, or drop --pretrained for random init",
+        ) from None
+
+
+def resolve_data_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
+    """timm's data config (mean, std, input size, crop_pct, interpolation), plain types."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    input_size = list(cfg["input_size"])
+    if img_size is not None:
+        input_size = [input_size[0], img_size, img_size]
+    return {
+        "input_size": [int(v) for v in input_size],
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "crop_pct": float(cfg.get("crop_pct", 1.0)),
+        "interpolation": str(cfg.get("interpolation", "bilinear")),
+    }
+
+
+def _probe_forward(model: nn.Module, input_size, config: BackboneConfig) -> None:
+    x = torch.zeros(1, *input_size)
+    try:
+        with torch.inference_mode():
+            model(x)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"'{config.model}' does not run at input size {tuple(input_size)}: {reason}",
+            hint="choose another --img-size",
+        ) from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a local checkpoint, never unpickling: safetensors, or torch.load(weights_only=True)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"checkpoint '{path}' does not exist")
+    if p.suffix not in CHECKPOINT_SUFFIXES:
+        raise ModelError(f"checkpoint '{path}' has an unsupported suffix '{p.suffix}'",
+                         hint="valid: " + ", ".join(CHECKPOINT_SUFFIXES))
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p), device="cpu")
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"checkpoint '{path}' cannot be read (corrupt or not a weights file): {reason}") from None
+    for key in _NESTING_KEYS:  # the usual {"state_dict": ...} / {"model": ...} nesting
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"checkpoint '{path}' holds no state_dict of tensors")
+    prefix = "module."  # DataParallel / DDP
+    if state and all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a local checkpoint strictly; a mismatch names the keys and hints at --num-classes."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} with other shapes (e.g. {k}: {list(state[k].shape)} in the file, "
+                         f"{list(own[k].shape)} in the model)")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        hint = None
+        head_like = [k for k in mismatched if k.endswith((".weight", ".bias")) and own[k].ndim <= 2]
+        if head_like:
+            hint = f"the classifier differs: try --num-classes {state[head_like[0]].shape[0]}"
+        raise ModelError(f"checkpoint '{path}' does not match the model: " + "; ".join(parts), hint=hint)
+    model.load_state_dict(state, strict=True)

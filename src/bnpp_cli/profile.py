@@ -1,0 +1,250 @@
+"""Profile a model's split points and recommend where to cut under a stated budget.
+
+For every valid split point (see split.py): feature shape and size, sparsity of the feature,
+cumulative device MACs and params, edge MACs and params, and the measured latency of the head on
+this machine. Then, under a budget (link bandwidth, device and edge speed, expected codec ratio):
+
+    latency_ms = device_macs / device speed + payload_bits / bandwidth + edge_macs / edge speed
+    payload_bits = 32 * elements / ratio          (float32 feature, compressed `ratio` times)
+
+the best point (lowest estimated latency) and the Pareto set in (device MACs, payload bits).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .backbone import BackboneConfig, load_backbone
+from .compute import node_macs
+from .errors import BnppError
+from .split import SplitPoint, TracedModel, split_model, trace_model
+
+
+@dataclass
+class Budget:
+    bandwidth_mbps: float = 10.0  # uplink rate; 10 Mbit/s is a modest LTE/Wi-Fi uplink
+    device_gmacs: float = 10.0  # device speed in GMAC/s; a phone CPU on a CNN reaches ~10
+    edge_gmacs: float = 1000.0  # edge speed in GMAC/s; a server GPU, conservatively
+    ratio: float = 64.0  # bit compression of the codec vs the float32 feature (BottleNet++: 64-256)
+
+    def validate(self) -> None:
+        for key, value in asdict(self).items():
+            if not value > 0 or value == float("inf"):
+                raise BnppError(f"budget {key}={value} must be a positive finite number")
+
+
+@dataclass
+class ProfileConfig:
+    backbone: BackboneConfig
+    all_points: bool = False  # every valid point, not just the named coarse ones
+    data: str | None = None  # images for sparsity (.npz, ImageFolder, dataset name); None: random
+    samples: int = 16  # images for the sparsity figures
+    near_zero: float = 1e-2  # |f| below this counts as near-zero (absolute, the feature's units)
+    repeats: int = 5  # timed runs of each head (median reported), after one warm-up
+    verify: bool = False  # check tail(head(x)) == model(x) for every listed point
+    budget: Budget = field(default_factory=Budget)
+    seed: int = 0
+
+
+@dataclass
+class PointProfile:
+    name: str
+    aliases: list[str]
+    shape: list[int]
+    elements: int
+    bytes: int  # float32
+    zero_fraction: float
+    near_zero_fraction: float
+    device_macs: int
+    device_params: int
+    edge_macs: int
+    edge_params: int
+    latency_ms: float  # head, batch 1, median on this machine
+    payload_bits: int  # under the budget's ratio
+    est_latency_ms: float  # device + link + edge under the budget
+    max_abs_diff: float | None = None  # with verify
+
+
+@dataclass
+class ModelProfile:
+    model: str
+    input_size: list[int]
+    weights: str
+    inputs: str  # "random" or the data source
+    total_macs: int
+    total_params: int
+    latency_ms: float  # whole model, batch 1, median
+    split_points: list[PointProfile]
+    recommendation: dict[str, Any]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["macs_convention"] = "MACs (1 MAC = 2 FLOPs): conv/linear/matmul incl. attention, norms 1/element"
+        return d
+
+
+def profile_model(config: ProfileConfig) -> ModelProfile:
+    """Trace, measure and rank the split points of one model."""
+    config.budget.validate()
+    if config.samples < 1 or config.repeats < 1:
+        raise BnppError(f"--samples {config.samples} and --repeats {config.repeats} must be at least 1")
+    torch.manual_seed(config.seed)
+    backbone = load_backbone(config.backbone)
+    input_size = backbone.input_size
+    traced = trace_model(backbone.model, input_size, config.backbone.model)
+    points = traced.list_points(config.all_points)
+
+    x1 = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(config.seed))
+    per_node = node_macs(traced.graph_module, x1)
+    order = [n.name for n in traced.graph_module.graph.nodes]
+    cumulative, running = {}, 0
+    for name in order:
+        running += per_node.get(name, 0)
+        cumulative[name] = running
+    total_macs = running
+    total_params = sum(p.numel() for p in backbone.model.parameters())
+
+    inputs, source = _sample_inputs(config, backbone)
+    latency, sparsity = _measure(traced, points, x1, inputs, config.near_zero, config.repeats)
+    full_ms = _median_ms(backbone.model, x1, config.repeats)
+
+    rows: list[PointProfile] = []
+    with torch.no_grad():
+        reference = backbone.model(inputs[:8]) if config.verify else None
+    for p, head_ms, (zero, near) in zip(points, latency, sparsity):
+        head, tail = split_model(traced, p)
+        device_params = sum(t.numel() for t in head.parameters())
+        edge_params = sum(t.numel() for t in tail.parameters())
+        device_macs = cumulative[p.node]
+        edge_macs = total_macs - device_macs
+        payload_bits = int(round(32 * p.elements / config.budget.ratio))
+        row = PointProfile(
+            name=p.name, aliases=list(p.aliases), shape=list(p.shape), elements=p.elements, bytes=4 * p.elements,
+            zero_fraction=zero, near_zero_fraction=near, device_macs=device_macs, device_params=device_params,
+            edge_macs=edge_macs, edge_params=edge_params, latency_ms=head_ms,
+            payload_bits=payload_bits, est_latency_ms=_estimate_ms(device_macs, payload_bits, edge_macs, config.budget),
+        )
+        if reference is not None:
+            with torch.no_grad():
+                row.max_abs_diff = float((tail(head(inputs[:8])) - reference).abs().max())
+        rows.append(row)
+
+    notes = []
+    if backbone.weights == "random":
+        notes.append("weights are random (timm init): sparsity figures describe an untrained model")
+    if source == "random":
+        notes.append("sparsity measured on random normal inputs, not images: pass --data for real figures")
+    return ModelProfile(
+        model=config.backbone.model, input_size=list(input_size), weights=backbone.weights, inputs=source,
+        total_macs=total_macs, total_params=total_params, latency_ms=full_ms, split_points=rows,
+        recommendation=recommend(rows, config.budget, input_size, total_macs), notes=notes,
+    )
+
+
+def _estimate_ms(device_macs: int, payload_bits: float, edge_macs: int, budget: Budget) -> float:
+    return 1e3 * (device_macs / (budget.device_gmacs * 1e9) + payload_bits / (budget.bandwidth_mbps * 1e6)
+                  + edge_macs / (budget.edge_gmacs * 1e9))
+
+
+def recommend(rows: list[PointProfile], budget: Budget, input_size, total_macs: int) -> dict[str, Any]:
+    """Best point by estimated latency, the Pareto set (device MACs vs payload), and two baselines."""
+    best = min(rows, key=lambda r: r.est_latency_ms)
+    pareto = [r.name for r in rows
+              if not any(o.device_macs <= r.device_macs and o.payload_bits <= r.payload_bits
+                         and (o.device_macs, o.payload_bits) != (r.device_macs, r.payload_bits) for o in rows)]
+    image_bits = 8 * int(torch.tensor(input_size).prod())  # uint8 pixels, no image codec
+    return {
+        "best": best.name,
+        "best_est_latency_ms": best.est_latency_ms,
+        "pareto": pareto,
+        "budget": asdict(budget),
+        "formula": "device_macs/device_gmacs + 32*elements/ratio/bandwidth + edge_macs/edge_gmacs",
+        "baselines": {
+            "edge_only_ms": _estimate_ms(0, image_bits, total_macs, budget),  # send raw 8-bit pixels
+            "device_only_ms": _estimate_ms(total_macs, 0, 0, budget),
+        },
+    }
+
+
+def _sample_inputs(config: ProfileConfig, backbone) -> tuple[torch.Tensor, str]:
+    input_size = backbone.input_size
+    if config.data is None:
+        g = torch.Generator().manual_seed(config.seed)
+        return torch.randn(config.samples, *input_size, generator=g), "random"
+    from .data import BatchTransform, load_dataset
+
+    ds = load_dataset(config.data, input_size=tuple(input_size[1:]), train=False)
+    n = min(config.samples, len(ds))
+    x = torch.stack([ds[i][0] for i in range(n)])
+    cfg = backbone.data_config
+    return BatchTransform(cfg["mean"], cfg["std"], augment=False)(x), f"{config.data} ({n} images)"
+
+
+_STAMPS: list[float] = []
+
+
+def _stamp(value):
+    """Record the time a value became available (inserted into the instrumented graph)."""
+    _STAMPS.append(time.perf_counter())
+    return value
+
+
+def _instrument(traced: TracedModel, points: list[SplitPoint]) -> torch.fx.GraphModule:
+    """A copy of the traced model that time-stamps each point's feature and returns all of them.
+
+    Runs as generated Python like the model itself (no interpreter), so the time to a point's stamp
+    is the latency of the head that ends there, measured on the whole model in one pass.
+    """
+    graph = torch.fx.Graph()
+    env: dict = {}
+    wanted = {p.node for p in points}
+    captured = []
+    for n in traced.graph_module.graph.nodes:
+        if n.op == "output":
+            continue
+        env[n] = graph.node_copy(n, lambda a: env[a])
+        if n.op == "placeholder":
+            graph.call_function(_stamp, (env[n],))
+        if n.name in wanted:
+            env[n] = graph.call_function(_stamp, (env[n],))
+            captured.append(env[n])
+    graph.output(tuple(captured))
+    return torch.fx.GraphModule(traced.graph_module, graph)
+
+
+def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, inputs: torch.Tensor,
+             eps: float, repeats: int) -> tuple[list[float], list[tuple[float, float]]]:
+    """Per point: head latency (ms, batch 1, median of repeats) and (zero, near-zero) fractions."""
+    gm = _instrument(traced, points)
+    runs = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first run is a warm-up
+            _STAMPS.clear()
+            gm(x1)
+            runs.append([1e3 * (t - _STAMPS[0]) for t in _STAMPS[1:]])
+        latency = [statistics.median(r[i] for r in runs[1:]) for i in range(len(points))]
+        counts = [[0, 0, 0] for _ in points]
+        for chunk in inputs.split(16):
+            for c, f in zip(counts, gm(chunk)):
+                c[0] += int((f == 0).sum())
+                c[1] += int((f.abs() < eps).sum())
+                c[2] += f.numel()
+    _STAMPS.clear()
+    return latency, [(c[0] / c[2], c[1] / c[2]) for c in counts]
+
+
+def _median_ms(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    times = []
+    with torch.inference_mode():
+        module(x)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            module(x)
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
