@@ -119,6 +119,178 @@ def profile(
     render_profile(result)
 
 
+def _condition(value: str | None, flag: str):
+    """'10' -> 10.0 (from 10 to the best condition); 'A:B' -> (A, B)."""
+    from .errors import ChannelError
+
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.split(":")]
+    except ValueError:
+        raise ChannelError(f"{flag} {value!r} is not a number or a range A:B") from None
+    if len(parts) > 2:
+        raise ChannelError(f"{flag} {value!r}: give one number or a range A:B")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _values(value: str | None, flag: str) -> list[float] | None:
+    from .errors import ChannelError
+
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ChannelError(f"{flag} {value!r} is not a comma-separated list of numbers") from None
+
+
+def _train_condition(channel: str, snr: str | None, erasure: str | None):
+    from .channels import create_channel
+    from .errors import ChannelError
+
+    proto = create_channel(channel)  # validates the name, lists the valid ones
+    if proto.condition_name is None:
+        if snr or erasure:
+            raise ChannelError(f"channel '{channel}' is noiseless: it takes no --snr/--erasure")
+        return None
+    analog = proto.condition_name == "snr_db"
+    if analog and erasure is not None:
+        raise ChannelError(f"--erasure applies to digital channels (bec, bsc); '{channel}' takes --snr")
+    if not analog and snr is not None:
+        raise ChannelError(f"--snr applies to analog channels (awgn, awgn-power, rayleigh); '{channel}' takes --erasure")
+    cond = _condition(snr if analog else erasure, "--snr" if analog else "--erasure")
+    create_channel(channel, train_condition=cond)  # validates the range
+    return cond
+
+
+class _FitProgress:
+    """Rich progress bar for the training callback (stderr), one line per finished epoch."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True, highlight=False)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.console)
+        self.task = None
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "epoch_start":
+            self.progress.start()
+            desc = f"{info['phase']} epoch {info['epoch'] + 1}"
+            self.task = self.progress.add_task(desc, total=info["batches"], stats="")
+        elif event == "batch" and self.task is not None:
+            stats = f"loss {info['loss']:.3f} acc {info['acc']:.1%} {info['images_per_s']:.0f} img/s"
+            self.progress.update(self.task, completed=info["step"], stats=stats)
+        elif event == "epoch":
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+                self.task = None
+            self.progress.stop()
+            val = ""
+            if "val_top1_noiseless" in info:
+                worst = info.get("val_worst_condition")
+                val = f", val top-1 {info['val_top1_noiseless']:.2%} noiseless"
+                if worst is not None:
+                    val += f", {info['val_top1_worst']:.2%} at {worst:g}"
+            self.console.print(f"{info['phase']} epoch {info['epoch'] + 1}: loss {info['train_loss']:.4f}, "
+                               f"train top-1 {info['train_top1']:.2%}{val} ({info['seconds']:.0f} s)")
+
+
+@app.command()
+@handle_errors
+def fit(
+    model: ModelArg,
+    split: Annotated[str, typer.Option("--split", help="Split point name (see `bnpp profile MODEL`).")],
+    data: DataOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Run directory to create.")] = Path("runs/run"),
+    channel: Annotated[str, typer.Option(help="none, awgn, awgn-power, rayleigh, bec, bsc.")] = "awgn",
+    snr: Annotated[Optional[str], typer.Option(help="Analog: train from S dB PSNR to noiseless, or a range A:B.")] = None,
+    erasure: Annotated[Optional[str], typer.Option(help="Digital: train for p in [0, P), or a range A:B.")] = None,
+    bits: Annotated[int, typer.Option(help="Digital channels: bits per symbol.")] = 8,
+    ratio: Annotated[Optional[float], typer.Option(help="Bandwidth reduction C*H*W/(C'*H'*W').")] = 64.0,
+    code_channels: Annotated[Optional[int], typer.Option(help="C' directly (overrides --ratio).")] = None,
+    preset: Annotated[str, typer.Option(help="Codec preset: bnpp (default) or bottlenetpp (the paper's).")] = "bnpp",
+    val_data: Annotated[Optional[str], typer.Option(help="Validation images (default: a split of --data).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of --data held out when no --val-data.")] = 0.1,
+    data_root: Annotated[Optional[str], typer.Option(help="Root for torchvision datasets.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    codec_epochs: Annotated[int, typer.Option(help="Epochs with the backbone frozen.")] = 10,
+    joint_epochs: Annotated[int, typer.Option(help="Epochs fine-tuning everything afterwards.")] = 0,
+    lr: Annotated[float, typer.Option(help="Adam learning rate, phase codec.")] = 1e-4,
+    joint_lr: Annotated[float, typer.Option(help="Adam learning rate, phase joint.")] = 1e-5,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size per process.")] = 64,
+    distill: Annotated[float, typer.Option(help="Weight of distillation from the uncut model.")] = 0.0,
+    augment: Annotated[bool, typer.Option(help="Random crop + flip.")] = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    num_classes: NumClassesOpt = None,
+    img_size: ImgSizeOpt = None,
+    seed: SeedOpt = 0,
+):
+    """Train the encoder/decoder pair at a split point under a simulated channel."""
+    from .errors import DataError
+    from .pipeline import ChannelConfig
+    from .render import render_fit
+    from .train import FitConfig, fit_codec
+
+    if data is None:
+        raise DataError("--data is required: an .npz, an ImageFolder directory or a dataset name")
+    cond = _train_condition(channel, snr, erasure)
+    config = FitConfig(
+        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size), split=split, data=data,
+        out=str(out), channel=ChannelConfig(channel, list(cond) if isinstance(cond, tuple) else cond, bits),
+        ratio=ratio, code_channels=code_channels, preset=preset, val_data=val_data, val_fraction=val_fraction,
+        data_root=data_root, limit=limit, codec_epochs=codec_epochs, joint_epochs=joint_epochs, lr=lr,
+        joint_lr=joint_lr, batch_size=batch_size, distill=distill, augment=augment, device=device,
+        seed=seed, resume=resume,
+    )
+    result = fit_codec(config, callback=_FitProgress())
+    render_fit(result)
+
+
+@app.command(name="eval")
+@handle_errors
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run directory made by `bnpp fit`.")],
+    data: DataOpt = None,
+    snr: Annotated[Optional[str], typer.Option(help="PSNR values in dB, e.g. 0,5,10,20 (analog channels).")] = None,
+    erasure: Annotated[Optional[str], typer.Option(help="Probabilities, e.g. 0,0.01,0.05 (digital).")] = None,
+    draws: Annotated[int, typer.Option(help="Noise draws per condition.")] = 5,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
+    data_root: Annotated[Optional[str], typer.Option(help="Root for torchvision datasets.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    json_path: JsonOpt = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write accuracy vs condition as a PNG.")] = None,
+    seed: SeedOpt = 0,
+):
+    """Top-1 against channel quality, and the compression actually achieved."""
+    from .errors import ChannelError, DataError
+    from .evaluate import EvalConfig, evaluate_run, plot_eval
+    from .pipeline import load_run
+    from .render import render_eval
+
+    if data is None:
+        raise DataError("--data is required: the test images (.npz, ImageFolder directory or dataset name)")
+    loaded = load_run(run)
+    analog = loaded.pipeline.channel.condition_name == "snr_db"
+    if (snr is not None and not analog) or (erasure is not None and analog):
+        raise ChannelError(f"this run's channel is '{loaded.pipeline.channel.name}': use "
+                           f"{'--snr' if analog else '--erasure'}")
+    conditions = _values(snr if analog else erasure, "--snr" if analog else "--erasure")
+    config = EvalConfig(run=str(run), data=data, conditions=conditions, draws=draws, limit=limit,
+                        data_root=data_root, device=device, seed=seed)
+    result = evaluate_run(config, run=loaded)
+    write_json_output(json_path, result.to_dict())
+    if plot is not None:
+        plot_eval(result, str(plot))
+    render_eval(result)
+
+
 def main() -> None:
     app(prog_name="bnpp")
 

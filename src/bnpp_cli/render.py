@@ -49,3 +49,40 @@ def render_profile(p) -> None:
     console.print(f"Sparsity inputs: {p.inputs}; MACs: 1 MAC = 2 FLOPs; eps = near-zero threshold")
     for note in p.notes:
         console.print(f"[yellow]Note:[/] {note}")
+
+
+def render_fit(result) -> None:
+    last = result.epochs[-1] if result.epochs else {}
+    cfg = result.config
+    codec = cfg.codec
+    console.print(f"Run [bold]{result.run}[/]: {cfg.model} split at {cfg.split} {tuple(cfg.feature_shape)}, "
+                  f"codec {codec['preset']} -> code ({codec['code_channels']}, ...), channel {cfg.channel['name']}")
+    if "val_top1_noiseless" in last:
+        console.print(f"Validation top-1 after {len(result.epochs)} epochs: {last['val_top1_noiseless']:.2%} "
+                      f"noiseless link, {last['val_top1_worst']:.2%} at the worst training condition; "
+                      f"{result.seconds:.0f} s")
+    console.print(f"Next: bnpp eval {result.run} --data TEST_DATA")
+
+
+
+def render_eval(r) -> None:
+    bits = f", {r.bit_ratio:.1f}x bits ({r.bits}-bit symbols, {r.payload_bytes} bytes/image)" if r.bit_ratio else ""
+    console.print(f"[bold]{r.model}[/] split at {r.split}: feature {'x'.join(map(str, r.feature_shape))} -> "
+                  f"code {'x'.join(map(str, r.code_shape))} ({r.code_symbols} symbols/image): "
+                  f"{r.bandwidth_ratio:.1f}x bandwidth{bits}")
+    console.print(f"Channel: {r.channel_definition}")
+    t = Table(header_style="bold")
+    t.add_column("condition")
+    t.add_column("top-1 mean", justify="right")
+    t.add_column("std", justify="right")
+    t.add_column("draws", justify="right")
+    t.add_column("drop vs backbone", justify="right")
+    t.add_row("uncut backbone", f"{r.backbone_top1:.2%}", "", "", "")
+    t.add_row("noiseless link", f"{r.noiseless_top1:.2%}", "", "", f"{100 * (r.backbone_top1 - r.noiseless_top1):.2f} pt")
+    for row in r.results:
+        (key, value), = row["condition"].items()
+        label = f"PSNR {value:g} dB" if key == "snr_db" else f"p = {value:g}"
+        t.add_row(label, f"{row['top1_mean']:.2%}", f"{100 * row['top1_std']:.2f} pt", str(row["draws"]),
+                  f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt")
+    console.print(t)
+    console.print(f"{r.images} test images; accuracies are top-1 on the data given.")

@@ -1,0 +1,159 @@
+"""`bnpp eval`: accuracy against channel quality, and the compression actually achieved.
+
+Reported, on the test images given (no augmentation, no rescaling of images already at size):
+- backbone_top1: the uncut model (computed as tail(head(x)), which equals model(x) exactly);
+- noiseless_top1: the cut model with the codec and a noiseless link (for digital channels the code
+  is still quantised to `bits`: "noiseless" means no erasures / flips);
+- results: top-1 at each FIXED channel condition, over several independent noise draws (mean and
+  standard deviation), each draw seeded so that the figures are reproducible;
+- bandwidth_ratio = C H W / (C' H' W') and, for digital channels, bit_ratio = 32 C H W / (bits C' H' W'),
+  with the feature and code shapes they come from.
+
+The head runs once over the test set; each condition re-runs only encoder, channel, decoder, tail.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .data import BatchTransform, check_labels, load_dataset, make_loader
+from .errors import ChannelError
+from .pipeline import Run, load_run
+
+DEFAULT_SNR_DB = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
+DEFAULT_PROBS = (0.0, 0.001, 0.01, 0.05, 0.1)
+
+
+@dataclass
+class EvalConfig:
+    run: str
+    data: str
+    conditions: Sequence[float] | None = None  # dB for analog channels, probabilities for digital ones
+    draws: int = 5  # independent noise draws per condition
+    batch_size: int = 256
+    limit: int | None = None  # only the first N test images
+    data_root: str | None = None
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass
+class EvalResult:
+    run: str
+    model: str
+    split: str
+    channel: str
+    channel_definition: str
+    feature_shape: list[int]
+    code_shape: list[int]
+    bandwidth_ratio: float
+    bit_ratio: float | None
+    bits: int | None
+    code_symbols: int  # real channel symbols per image
+    payload_bytes: int | None  # digital: packed bits per image (the wire payload)
+    images: int
+    backbone_top1: float
+    noiseless_top1: float
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
+    """Evaluate a fitted run directory on test images at fixed channel conditions."""
+    run = run or load_run(config.run)
+    pipeline = run.pipeline.eval()
+    channel = pipeline.channel
+    conditions = _conditions(channel, config.conditions)
+    if config.draws < 1:
+        raise ChannelError(f"--draws {config.draws} must be at least 1")
+    dc = run.config.data_config
+    dataset = load_dataset(config.data, input_size=tuple(dc["input_size"][1:]), train=False, root=config.data_root)
+    check_labels(dataset, run.config.num_classes)
+    if config.limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(config.limit, len(dataset))))
+    device = torch.device(config.device)
+    pipeline.to(device)
+    transform = BatchTransform(dc["mean"], dc["std"], augment=False)
+
+    features, labels = [], []
+    with torch.no_grad():
+        for x, y in make_loader(dataset, config.batch_size, shuffle=False, seed=0):
+            features.append(pipeline.head(transform(x).to(device)))
+            labels.append(y.to(device))
+    y_all = torch.cat(labels)
+
+    def top1(param: float, generator: torch.Generator | None) -> float:
+        hits = 0
+        with torch.no_grad():
+            for f, y in zip(features, labels):
+                hits += int((pipeline.from_features(f, param, generator).argmax(1) == y).sum())
+        return hits / len(y_all)
+
+    with torch.no_grad():
+        backbone_hits = sum(int((pipeline.tail(f).argmax(1) == y).sum()) for f, y in zip(features, labels))
+    results = []
+    for cond in conditions:
+        param = channel.param_from_condition(cond)
+        draws = 1 if param == 0 else config.draws
+        accs = [top1(param, torch.Generator(device=device).manual_seed(config.seed * 1000 + d)) for d in range(draws)]
+        results.append({"condition": {channel.condition_name: cond}, "top1_mean": statistics.fmean(accs),
+                        "top1_std": statistics.pstdev(accs) if draws > 1 else 0.0, "draws": draws, "top1": accs})
+    codec = run.codec_config
+    bits = channel.bits if channel.digital else None
+    code_symbols = int(torch.Size(codec.code_shape).numel())
+    return EvalResult(
+        run=str(run.path), model=run.config.model, split=run.config.split, channel=channel.name,
+        channel_definition=channel.describe(), feature_shape=list(codec.feature_shape),
+        code_shape=list(codec.code_shape), bandwidth_ratio=codec.bandwidth_ratio,
+        bit_ratio=codec.bit_ratio(bits) if bits else None, bits=bits, code_symbols=code_symbols,
+        payload_bytes=(code_symbols * bits + 7) // 8 if bits else None, images=len(y_all),
+        backbone_top1=backbone_hits / len(y_all), noiseless_top1=top1(0.0, None), results=results,
+    )
+
+
+def _conditions(channel, requested: Sequence[float] | None) -> list[float]:
+    if channel.condition_name is None:
+        if requested:
+            raise ChannelError(f"channel '{channel.name}' is noiseless: it takes no --snr/--erasure conditions")
+        return []
+    if requested is None:
+        requested = DEFAULT_SNR_DB if channel.condition_name == "snr_db" else DEFAULT_PROBS
+    for value in requested:
+        channel.param_from_condition(value)  # validates the range, with a message naming the value
+    return [float(v) for v in requested]
+
+
+def plot_eval(result: EvalResult, path: str) -> None:
+    """Top-1 vs channel condition, with the backbone and noiseless figures as references (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ChannelError("--plot needs matplotlib: pip install 'bnpp[plot]'") from None
+    from .files import atomic_write
+
+    xs = [next(iter(r["condition"].values())) for r in result.results]
+    ys = [100 * r["top1_mean"] for r in result.results]
+    es = [100 * r["top1_std"] for r in result.results]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{result.channel} (mean ± std)")
+    ax.axhline(100 * result.backbone_top1, color="k", ls="--", lw=1, label="uncut backbone")
+    ax.axhline(100 * result.noiseless_top1, color="g", ls=":", lw=1, label="cut, noiseless link")
+    key = next(iter(result.results[0]["condition"])) if result.results else ""
+    ax.set_xlabel("PSNR (dB, peak amplitude 1)" if key == "snr_db" else "bit error probability p")
+    ax.set_ylabel("top-1 (%)")
+    bits = f", {result.bit_ratio:.0f}x bits" if result.bit_ratio else ""
+    ax.set_title(f"{result.model} @ {result.split}: {result.bandwidth_ratio:.0f}x bandwidth{bits}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
