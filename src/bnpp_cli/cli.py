@@ -291,6 +291,58 @@ def eval_(
     render_eval(result)
 
 
+@app.command()
+@handle_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory made by `bnpp fit`.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for device.safetensors and edge.safetensors.")],
+    json_path: JsonOpt = None,
+):
+    """Write the device half (head + encoder) and the edge half (decoder + tail) as safetensors."""
+    from .export import export_halves
+    from .render import render_export
+
+    result = export_halves(run, out)
+    write_json_output(json_path, result.to_dict())
+    render_export(result)
+
+
+@app.command()
+@handle_errors
+def predict(
+    deploy: Annotated[Path, typer.Argument(help="Directory with device.safetensors and edge.safetensors.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+    snr: Annotated[Optional[float], typer.Option(help="Analog channels: PSNR in dB (default: noiseless).")] = None,
+    erasure: Annotated[Optional[float], typer.Option(help="Digital channels: bit error probability.")] = None,
+    top: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
+    json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
+):
+    """Run device -> wire -> channel -> edge on image files; top classes, payload size, time per side."""
+    from .errors import ChannelError
+    from .render import render_predictions
+    from .runtime import predict as run_predict
+
+    if snr is not None and erasure is not None:
+        raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")
+    condition = snr if snr is not None else erasure
+    results = run_predict(deploy, [str(p) for p in images], condition=condition, topk=top, seed=seed)
+    write_json_output(json_path, [r.to_dict() for r in results])
+    render_predictions(results)
+
+
+def _register_runtime_commands() -> None:
+    """`bnpp serve` / `bnpp infer` live in cli_serve.py (the network runtime)."""
+    try:
+        from . import cli_serve
+    except ImportError:  # pragma: no cover - module not present
+        return
+    cli_serve.register(app)
+
+
+_register_runtime_commands()
+
+
 def main() -> None:
     app(prog_name="bnpp")
 

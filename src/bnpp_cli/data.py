@@ -169,6 +169,14 @@ class _FileReader:
         return _fit_to_size(image[None], self.resize)[0].contiguous()
 
 
+def read_image(path: str | Path, input_size: tuple[int, int], crop_pct: float = 1.0,
+               interpolation: str = "bilinear") -> torch.Tensor:
+    """One image file -> uint8 (3, H, W) RGB at the input size (unchanged if already that size)."""
+    if not Path(path).is_file():
+        raise DataError(f"no such image file: {path}")
+    return _FileReader([str(path)], (tuple(input_size), crop_pct, interpolation))(0)
+
+
 def _array_dataset(images: torch.Tensor, labels, classes, source: str, resize) -> ImageDataset:
     """From uint8 (N, 3, h, w) images (a view is fine), resized once if not at the input size."""
     (H, W), h, w = resize[0], *images.shape[-2:]

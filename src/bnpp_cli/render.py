@@ -86,3 +86,18 @@ def render_eval(r) -> None:
                   f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt")
     console.print(t)
     console.print(f"{r.images} test images; accuracies are top-1 on the data given.")
+
+
+def render_export(r) -> None:
+    kind = "packed digital levels" if r.digital else "float32 symbols"
+    console.print(f"device: {r.device_path} ({r.device_bytes / 1e6:.2f} MB, {_si(r.device_params)} params)")
+    console.print(f"edge:   {r.edge_path} ({r.edge_bytes / 1e6:.2f} MB, {_si(r.edge_params)} params)")
+    console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image: payload "
+                  f"{r.payload_bytes} bytes of {kind} + {r.header_bytes}-byte wire header")
+
+
+def render_predictions(results) -> None:
+    for r in results:
+        best = ", ".join(f"{name} {p:.1%}" for name, p in r.top)
+        console.print(f"[bold]{r.image}[/]: {best}  |  payload {r.payload_bytes} B, device {r.device_ms:.1f} ms, "
+                      f"edge {r.edge_ms:.1f} ms")
