@@ -102,7 +102,10 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BnppError(f"--device {config.device}: CUDA is not available on this machine", hint="use --device cpu")
     channel = config.channel.build()
+    torch.manual_seed(config.seed)  # a random-init backbone is reproducible too
     backbone = load_backbone(config.backbone)
+    if config.resume:
+        _restore_backbone(out, config, backbone.model)
     input_size = backbone.input_size
     traced = trace_model(backbone.model, input_size, config.backbone.model)
     point = traced.find(config.split)
@@ -136,6 +139,24 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     )
     trainer = _Trainer(config, run_config, backbone.model, pipeline, train_set, val_set, callback, rank, world)
     return trainer.run()
+
+
+def _restore_backbone(out: Path, config: FitConfig, model: nn.Module) -> None:
+    """Resume on the very backbone the run started with, and refuse a run of another model/split/codec."""
+    import json
+
+    from .backbone import read_state_dict
+
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    fit = saved.get("fit", {})
+    asked = {"model": config.backbone.model, "split": config.split, "preset": config.preset,
+             "channel": config.channel.name}
+    found = {"model": saved.get("model"), "split": fit.get("split"), "preset": fit.get("preset"),
+             "channel": saved.get("channel", {}).get("name")}
+    for key, value in asked.items():
+        if found[key] != value:
+            raise RunError(f"cannot resume '{out}': it was fitted with {key} {found[key]!r}, not {value!r}")
+    model.load_state_dict(read_state_dict(out / BACKBONE_FILE), strict=True)
 
 
 def _check_numbers(c: FitConfig) -> None:

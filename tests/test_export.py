@@ -1,0 +1,146 @@
+"""`bnpp export` / `bnpp predict`: halves that rebuild from their files alone and compose exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from bnpp_cli import wire
+from bnpp_cli.cli import app
+from bnpp_cli.errors import ExportError, WireError
+from bnpp_cli.evaluate import EvalConfig, evaluate_run
+from bnpp_cli.export import check_pair, export_halves, load_device, load_edge
+from bnpp_cli.pipeline import load_run
+
+from .helpers import tiny_run
+
+runner = CliRunner()
+CASES = [("test_resnet", "layer2", "awgn", 20.0), ("test_efficientnet", "blocks.2", "awgn", 20.0),
+         ("test_convnext", "stages.1", "bec", 0.01)]
+
+
+@pytest.mark.parametrize("model,split,channel,cond", CASES)
+def test_composed_halves_reproduce_the_fitted_pipeline_exactly(tmp_path, model, split, channel, cond):
+    tiny_run(tmp_path, model=model, split=split, channel=channel, condition=cond, ratio=4)
+    res = export_halves(tmp_path / "run", tmp_path / "deploy")
+    device, edge = load_device(res.device_path), load_edge(res.edge_path)
+    run = load_run(tmp_path / "run")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = run.pipeline(x, 0.0)
+        received = edge.receive(device.payload(device(x)))  # through the wire format
+        assert torch.equal(edge(received), reference)
+    # noisy link, same seed on both sides: the same logits too
+    param = device.param_from_condition(10.0 if channel == "awgn" else 0.05)
+    with torch.no_grad():
+        a = run.pipeline(x, param, torch.Generator().manual_seed(7))
+        b = edge(edge.channel(device(x, param), param, generator=torch.Generator().manual_seed(7)), param)
+    assert torch.equal(a, b)
+
+
+def test_halves_hold_only_their_own_tensors(tmp_path):
+    tiny_run(tmp_path)
+    res = export_halves(tmp_path / "run", tmp_path / "deploy")
+    with safe_open(res.device_path, "pt") as f:
+        dev_keys, meta = list(f.keys()), f.metadata()
+    with safe_open(res.edge_path, "pt") as f:
+        edge_keys = list(f.keys())
+    assert dev_keys and all(k.startswith(("head.", "encoder.")) for k in dev_keys)
+    assert edge_keys and all(k.startswith(("decoder.", "tail.")) for k in edge_keys)
+    run = load_run(tmp_path / "run")
+    p = run.pipeline
+    n_dev = sum(t.numel() for m in (p.head, p.codec.encoder) for t in m.parameters())
+    n_edge = sum(t.numel() for m in (p.codec.decoder, p.tail) for t in m.parameters())
+    assert (res.device_params, res.edge_params) == (n_dev, n_edge)
+    assert n_dev + n_edge == sum(t.numel() for t in p.parameters())
+    for key in ("format", "half", "pair_id", "bnpp_version", "timm_model", "timm_version", "run_config"):
+        assert key in meta
+    cfg = json.loads(meta["run_config"])
+    for key in ("create_kwargs", "split", "codec", "channel", "data_config", "classes"):
+        assert key in cfg
+    assert cfg["data_config"]["input_size"] == [3, 32, 32] and len(cfg["data_config"]["mean"]) == 3
+
+
+def test_payload_size_equals_eval_code_size(tmp_path):
+    _, data = tiny_run(tmp_path, channel="bec", condition=0.01, ratio=16)
+    res = export_halves(tmp_path / "run", tmp_path / "deploy")
+    ev = evaluate_run(EvalConfig(run=str(tmp_path / "run"), data=str(data), conditions=[0.0], draws=1))
+    device = load_device(res.device_path)
+    with torch.no_grad():
+        frame = device.payload(device(torch.randn(1, 3, 32, 32)))
+    assert res.payload_bytes == ev.payload_bytes == len(frame) - res.header_bytes
+    f, levels = wire.decode(frame)
+    assert f.kind == "digital" and f.bits == 8 and list(f.shape[1:]) == ev.code_shape
+
+
+def test_bad_files_and_mismatched_pairs(tmp_path):
+    tiny_run(tmp_path / "a")
+    tiny_run(tmp_path / "b", epochs=2)
+    a = export_halves(tmp_path / "a" / "run", tmp_path / "da")
+    b = export_halves(tmp_path / "b" / "run", tmp_path / "db")
+    assert a.pair_id != b.pair_id
+    with pytest.raises(ExportError, match="two different exports"):
+        check_pair(load_device(a.device_path), load_edge(b.edge_path))
+    with torch.no_grad():
+        frame = load_device(a.device_path).payload(torch.rand(1, *a.code_shape))
+    with pytest.raises(WireError, match="does not match this edge half"):
+        load_edge(b.edge_path).receive(frame)
+    with pytest.raises(WireError):
+        load_edge(a.edge_path).receive(frame[:-1])
+    with pytest.raises(ExportError, match="expected the edge half"):
+        load_edge(a.device_path)
+    truncated = tmp_path / "trunc.safetensors"
+    truncated.write_bytes(open(a.edge_path, "rb").read()[:1000])
+    with pytest.raises(ExportError, match="corrupt or truncated"):
+        load_edge(truncated)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ExportError, match="not a bnpp half"):
+        load_device(foreign)
+
+
+def test_export_is_atomic(tmp_path, monkeypatch):
+    tiny_run(tmp_path)
+    import safetensors.torch
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_halves(tmp_path / "run", tmp_path / "deploy")
+    assert not any((tmp_path / "deploy").glob("*.safetensors"))
+    assert not list((tmp_path / "deploy").iterdir())  # no temporary file left behind either
+
+
+def test_cli_export_and_predict(tmp_path):
+    _, data = tiny_run(tmp_path)
+    r = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "deploy")])
+    assert r.exit_code == 0, r.output
+    assert "payload 768 bytes" in r.output  # code 12x4x4 float32
+    x = np.load(data)["x"]
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(x[i]).save(paths[-1])
+    out = tmp_path / "pred.json"
+    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), *map(str, paths), "--snr", "10", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    preds = json.loads(out.read_text())
+    assert len(preds) == 2 and len(preds[0]["top"]) == 5 and preds[0]["payload_bytes"] == 768 + 48
+    probs = [p for _, p in preds[0]["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(bad)])
+    assert r.exit_code == 2 and "cannot decode image" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["predict", str(tmp_path / "nowhere"), str(paths[0])])
+    assert r.exit_code == 2 and "does not exist" in r.output

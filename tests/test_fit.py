@@ -1,0 +1,200 @@
+"""`bnpp fit` / `bnpp eval`: run directories, resume, exact noiseless path, contracts, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bnpp_cli.cli import app
+from bnpp_cli.evaluate import EvalConfig, evaluate_run
+from bnpp_cli.pipeline import load_run
+
+from .helpers import tiny_npz, tiny_run
+
+runner = CliRunner()
+
+
+def test_fit_writes_a_complete_run_and_eval_reports_the_contract(tmp_path):
+    result, data = tiny_run(tmp_path, epochs=2)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["backbone.safetensors", "codec.safetensors", "config.json",
+                                                      "metrics.json"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "done" and [e["epoch"] for e in metrics["epochs"]] == [0, 1]
+    assert all(0 <= e["val_top1_noiseless"] <= 1 for e in metrics["epochs"])
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["split"] == "layer2" and cfg["feature_shape"] == [48, 4, 4] and cfg["classes"][0] == "class0"
+
+    ev = evaluate_run(EvalConfig(run=str(run), data=str(data), conditions=[5, 20], draws=3)).to_dict()
+    for key in ("run", "model", "split", "channel", "feature_shape", "code_shape", "bandwidth_ratio", "bit_ratio",
+                "backbone_top1", "noiseless_top1", "results"):
+        assert key in ev
+    assert ev["code_shape"] == [12, 4, 4] and ev["bandwidth_ratio"] == 4.0 and ev["bit_ratio"] is None
+    assert [r["condition"] for r in ev["results"]] == [{"snr_db": 5.0}, {"snr_db": 20.0}]
+    assert all(r["draws"] == 3 and 0 <= r["top1_mean"] <= 1 for r in ev["results"])
+    # the backbone figure is the uncut model's own accuracy
+    loaded = load_run(run)
+    from bnpp_cli.data import BatchTransform, load_dataset
+
+    ds = load_dataset(str(data), input_size=(32, 32), train=False)
+    x, y = ds.tensors()
+    dc = loaded.config.data_config
+    with torch.no_grad():
+        logits = loaded.model(BatchTransform(dc["mean"], dc["std"], augment=False)(x))
+    assert ev["backbone_top1"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    # eval is reproducible: the same seed gives the same noise
+    again = evaluate_run(EvalConfig(run=str(run), data=str(data), conditions=[5, 20], draws=3)).to_dict()
+    assert again["results"] == ev["results"]
+
+
+def test_digital_run_reports_bit_ratio(tmp_path):
+    _, data = tiny_run(tmp_path, channel="bec", condition=0.01, ratio=16)
+    ev = evaluate_run(EvalConfig(run=str(tmp_path / "run"), data=str(data), conditions=[0.0, 0.05], draws=2))
+    assert ev.bandwidth_ratio == 16 and ev.bit_ratio == 64 and ev.bits == 8
+    assert ev.payload_bytes == ev.code_symbols  # 8 bits per symbol
+    assert ev.results[0]["draws"] == 1 and ev.results[0]["top1_mean"] == ev.noiseless_top1
+
+
+def test_frozen_backbone_is_untouched_by_codec_phase(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from bnpp_cli.backbone import read_state_dict
+
+    torch.manual_seed(5)
+    ref = timm.create_model("test_resnet", num_classes=10).state_dict()
+    ckpt = tmp_path / "backbone_in.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(ckpt))
+    result, data = tiny_run(tmp_path, epochs=2, backbone_checkpoint=str(ckpt))
+    saved = read_state_dict(tmp_path / "run" / "backbone.safetensors")
+    # weights AND BatchNorm running statistics are exactly as given: frozen means eval-mode BN
+    assert set(saved) == set(ref) and all(torch.equal(saved[k], ref[k]) for k in ref)
+    # and the finished run cannot be resumed: there is nothing left to do
+    from bnpp_cli.errors import RunError
+    from bnpp_cli.train import fit_codec
+
+    cfg = result.config.fit
+    with pytest.raises(RunError, match="no checkpoint"):
+        from bnpp_cli.backbone import BackboneConfig
+        from bnpp_cli.pipeline import ChannelConfig
+        from bnpp_cli.train import FitConfig
+
+        fit_codec(FitConfig(backbone=BackboneConfig(**cfg["backbone"]), split="layer2", data=str(data),
+                            out=str(tmp_path / "run"), channel=ChannelConfig("awgn", 20.0), ratio=4.0,
+                            codec_epochs=2, batch_size=16, resume=True))
+
+
+def test_interrupted_run_resumes_without_losing_epochs(tmp_path):
+    from bnpp_cli.backbone import BackboneConfig
+    from bnpp_cli.pipeline import ChannelConfig
+    from bnpp_cli.train import FitConfig, fit_codec
+
+    data = tiny_npz(tmp_path / "train.npz")
+    out = tmp_path / "run"
+
+    def config(resume=False):
+        return FitConfig(backbone=BackboneConfig("test_resnet", num_classes=10, img_size=32), split="layer2",
+                         data=str(data), out=str(out), channel=ChannelConfig("awgn", 20.0), ratio=4.0,
+                         codec_epochs=3, batch_size=16, lr=1e-3, resume=resume)
+
+    class Kill(Exception):
+        pass
+
+    def kill_after_second_epoch(event, info):
+        if event == "epoch" and info["epoch"] == 1:
+            raise Kill
+
+    with pytest.raises(Kill):
+        fit_codec(config(), callback=kill_after_second_epoch)
+    assert (out / "checkpoint" / "state.pt").is_file() and not (out / "codec.safetensors").exists()
+    assert json.loads((out / "metrics.json").read_text())["status"] == "running"
+    events = []
+    result = fit_codec(config(resume=True), callback=lambda e, i: events.append((e, i.get("epoch"))))
+    assert [e["epoch"] for e in result.epochs] == [0, 1, 2]
+    assert [i for e, i in events if e == "epoch"] == [2]  # only the missing epoch ran
+    # an uninterrupted run with the same seed ends with the same codec weights
+    uninterrupted = tmp_path / "ref"
+    cfg = config()
+    cfg.out = str(uninterrupted)
+    fit_codec(cfg)
+    from bnpp_cli.backbone import read_state_dict
+
+    a, b = read_state_dict(out / "codec.safetensors"), read_state_dict(uninterrupted / "codec.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_noiseless_pipeline_equals_codec_then_tail(tmp_path):
+    tiny_run(tmp_path)
+    run = load_run(tmp_path / "run")
+    x = torch.randn(4, 3, 32, 32)
+    p = run.pipeline
+    with torch.no_grad():
+        a = p(x, 0.0)
+        b = p.tail(p.codec.decoder(p.codec.encoder(p.head(x), 0.0), 0.0))
+    assert torch.equal(a, b)
+
+
+def _cli_error(args, *needles):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in r.output, r.output
+    return r.output
+
+
+def test_fit_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    data = tiny_npz(tmp_path / "d.npz")
+    base = ["fit", "test_resnet", "--img-size", "32", "--num-classes", "10", "--data", str(data), "--codec-epochs", "1"]
+    out = tmp_path / "runs" / "x"
+    _cli_error(base + ["--split", "layer2", "--channel", "wifi", "--out", str(out)], "wifi", "awgn", "bec")
+    _cli_error(base + ["--split", "layer2", "--snr", "99", "--out", str(out)], "99")
+    _cli_error(base + ["--split", "layer2", "--channel", "bec", "--erasure", "0.9", "--out", str(out)], "0.9")
+    _cli_error(base + ["--split", "layer2", "--channel", "bec", "--snr", "10", "--out", str(out)], "--erasure")
+    _cli_error(base + ["--split", "layer9", "--out", str(out)], "'layer9'", "layer2")
+    _cli_error(base + ["--split", "global_pool", "--out", str(out)], "global_pool", "token feature")
+    _cli_error(base + ["--split", "layer4", "--ratio", "1000", "--out", str(out)], "ratio", "1000")
+    wrong = tiny_npz(tmp_path / "wrong.npz", classes=10)
+    _cli_error(["fit", "test_resnet", "--img-size", "32", "--num-classes", "5", "--data", str(wrong), "--split",
+                "layer2", "--out", str(out)], "num-classes")
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    _cli_error(base[:-4] + ["--data", str(empty), "--split", "layer2", "--out", str(out)], str(empty))
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_eval_bad_input(tmp_path):
+    _cli_error(["eval", str(tmp_path), "--data", "x.npz"], "not a bnpp run directory")
+    _, data = tiny_run(tmp_path)
+    run = str(tmp_path / "run")
+    _cli_error(["eval", run, "--data", str(data), "--erasure", "0.1"], "--snr")
+    _cli_error(["eval", run, "--data", str(data), "--snr", "ten"], "ten")
+    _cli_error(["eval", run, "--data", str(data), "--snr", "100"], "100")
+    r = runner.invoke(app, ["eval", run, "--data", str(data), "--snr", "10,20", "--draws", "2", "--json",
+                            str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e.json").read_text())["results"][1]["condition"] == {"snr_db": 20.0}
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_make_the_same_kind_of_run(tmp_path):
+    data = tiny_npz(tmp_path / "d.npz", n=64)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "bnpp_cli", "fit", "test_resnet", "--img-size", "32", "--num-classes", "10", "--split", "layer2",
+           "--ratio", "4", "--data", str(data), "--out", str(out), "--codec-epochs", "2", "--batch-size", "8"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.safetensors", "codec.safetensors", "config.json",
+                                                      "metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "done" and len(metrics["epochs"]) == 2
+    # each process saw half of the data: the epoch counts all images once
+    assert metrics["epochs"][0]["images"] == 2 * (int(64 * 0.9) // 2 // 8) * 8
+    assert load_run(out).pipeline is not None
