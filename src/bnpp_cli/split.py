@@ -208,6 +208,10 @@ def split_model(traced: TracedModel, point: SplitPoint | str) -> tuple[fx.GraphM
         tail_env[n] = tail_graph.node_copy(n, lookup)
     tail_graph.output(fx.node.map_arg(output.args[0], lookup))
 
+    # a parameter fetched before the cut but used only after it belongs to the tail alone
+    for graph in (head_graph, tail_graph):
+        for n in [n for n in graph.nodes if n.op == "get_attr" and not n.users]:
+            graph.erase_node(n)
     head = fx.GraphModule(gm, head_graph, class_name="Head")
     tail = fx.GraphModule(gm, tail_graph, class_name="Tail")
     return head.eval(), tail.eval()
