@@ -1,0 +1,270 @@
+"""Rate-accuracy benchmark on real data: BottleNet++'s claims, reproduced, and bnpp's best beside them.
+
+On the shared CIFAR-10 resnet18 (../shared/models) and CIFAR-10 (../shared/data/cifar10), for each
+split point and bandwidth ratio, it compares side by side:
+
+  raw-float32           the feature as it is: digital 32 bits/element error-free, or analog through
+                        the same AWGN (per-sample peak-normalised to amplitude 1, like the codec's symbols)
+  quant8                per-sample min-max 8-bit quantisation, error-free and through the BEC
+  sparse                top-k magnitude coding (8-bit value + index per kept element), error-free link,
+                        k chosen so that the payload meets the row's bit budget
+  bottlenetpp-faithful  the paper's codec and recipe (preset bottlenetpp, Adam 1e-4, batch 32)
+  bnpp-best             bnpp's default recipe (`bnpp fit` defaults)
+
+AWGN rows: trained over PSNR >= 10 dB (as the paper: the condition drawn per batch), evaluated at
+fixed 10 and 20 dB. BEC rows: trained for p < 0.01, evaluated at p = 0.01; 8-bit symbols, so the
+bit ratio is 4x the bandwidth ratio. Evaluation: the official 10,000-image test split (--quick: the
+first 2,000), 3 noise draws per condition. Writes JSON + CSV + PNG plots under benchmarks/results/.
+
+    python benchmarks/rate_accuracy.py --quick     # smoke run, < 10 min on 2 cores
+    python benchmarks/rate_accuracy.py             # the full grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
+            "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            else None}
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+# ---- baselines on cached head features --------------------------------------------------------
+def peak_awgn(f, sigma, gen):
+    """Raw feature as analog symbols: per-sample min-max to [0, 1], AWGN, undo the scaling."""
+    lo = f.flatten(1).min(1).values.view(-1, *[1] * (f.dim() - 1))
+    hi = f.flatten(1).max(1).values.view(-1, *[1] * (f.dim() - 1))
+    scale = (hi - lo).clamp_min(1e-12)
+    z = (f - lo) / scale
+    z = z + sigma * torch.randn(z.shape, generator=gen)
+    return z * scale + lo
+
+
+def quant8(f, p, gen):
+    """Per-sample min-max 8-bit levels; bits erased with probability p decode to their expected value."""
+    from bnpp_cli.channels import BinaryErasureChannel, quantize
+
+    lo = f.flatten(1).min(1).values.view(-1, *[1] * (f.dim() - 1))
+    hi = f.flatten(1).max(1).values.view(-1, *[1] * (f.dim() - 1))
+    scale = (hi - lo).clamp_min(1e-12)
+    levels = quantize((f - lo) / scale, 8)
+    if p > 0:
+        levels, _ = BinaryErasureChannel(bits=8).erase_bits(levels, p, generator=gen)
+    return levels.float() / 255 * scale + lo
+
+
+def topk_sparse(f, k):
+    """Keep the k largest-magnitude elements per sample (values 8-bit quantised), zero the rest."""
+    flat = f.flatten(1)
+    idx = flat.abs().topk(k, dim=1).indices
+    vals = flat.gather(1, idx)
+    peak = vals.abs().max(1, keepdim=True).values.clamp_min(1e-12)
+    vals = torch.round(vals / peak * 127) / 127 * peak  # 8-bit signed values
+    out = torch.zeros_like(flat).scatter_(1, idx, vals)
+    return out.view_as(f)
+
+
+def accuracy(tail, feats, labels, fn):
+    hits = 0
+    with torch.no_grad():
+        for f, y in zip(feats, labels):
+            hits += int((tail(fn(f)).argmax(1) == y).sum())
+    return hits / sum(len(y) for y in labels)
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="layer2 + layer3 at 64x, 5,000 train / 2,000 test images")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results folder")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--splits", default=None, help="comma list, overrides the grid's splits")
+    ap.add_argument("--ratios", default=None, help="comma list of bandwidth ratios, overrides the grid's")
+    ap.add_argument("--methods", default="faithful,best", help="learned methods to fit")
+    args = ap.parse_args()
+
+    checkpoint = SHARED / "models" / "resnet18_cifar10.safetensors"
+    data_dir = SHARED / "data" / "cifar10"
+    if not checkpoint.is_file() or not (data_dir / "test.npz").is_file():
+        print(f"needs {checkpoint} and {data_dir}: not present, nothing to do", file=sys.stderr)
+        return 2
+    from bnpp_cli.backbone import BackboneConfig, load_backbone
+    from bnpp_cli.compute import node_macs
+    from bnpp_cli.data import BatchTransform, load_dataset, make_loader
+    from bnpp_cli.evaluate import EvalConfig, evaluate_run
+    from bnpp_cli.pipeline import ChannelConfig
+    from bnpp_cli.split import split_model, trace_model
+    from bnpp_cli.train import FitConfig, fit_codec
+
+    quick = args.quick
+    splits = args.splits.split(",") if args.splits else (["layer2", "layer3"] if quick else
+                                                         ["layer1", "layer2", "layer3", "layer4"])
+    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else ([64.0] if quick else [16.0, 64.0, 256.0])
+    train_limit = 5000 if quick else None
+    test_limit = 2000 if quick else None
+    draws = 3
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "rate_accuracy_quick" if quick else "rate_accuracy"
+    runs = out / "runs" / tag
+    t_start = time.perf_counter()
+
+    bb_cfg = BackboneConfig("resnet18", checkpoint=str(checkpoint), num_classes=10, img_size=32)
+    backbone = load_backbone(bb_cfg)
+    traced = trace_model(backbone.model, backbone.input_size, "resnet18")
+    per_node = node_macs(traced.graph_module, torch.zeros(1, *backbone.input_size))
+    order = [n.name for n in traced.graph_module.graph.nodes]
+    test = load_dataset(str(data_dir / "test.npz"), input_size=(32, 32), train=False)
+    if test_limit:
+        test = torch.utils.data.Subset(test, range(test_limit))
+    dc = backbone.data_config
+    tf = BatchTransform(dc["mean"], dc["std"], augment=False)
+    batches = [(tf(x), y) for x, y in make_loader(test, 500, shuffle=False, seed=0)]
+    labels = [y for _, y in batches]
+    with torch.no_grad():
+        backbone_top1 = sum(int((backbone.model(x).argmax(1) == y).sum()) for x, y in batches) / len(test)
+
+    rows: list[dict] = []
+
+    def add(method, split, ratio, bit_ratio, channel, condition, top1, device_macs, payload_bits, fit_seconds=0.0):
+        rows.append({"method": method, "split": split, "ratio": ratio, "bit_ratio": bit_ratio, "channel": channel,
+                     "condition": condition, "top1": top1, "drop": 100 * (backbone_top1 - top1),
+                     "device_macs": device_macs, "payload_bits": payload_bits, "fit_seconds": fit_seconds})
+        print(f"{method:22s} {split:7s} bw {ratio:6.1f}x bits {bit_ratio:7.1f}x {channel:8s} "
+              f"{json.dumps(condition):20s} top-1 {100 * top1:6.2f}  drop {100 * (backbone_top1 - top1):6.2f}",
+              flush=True)
+
+    for split in splits:
+        point = traced.find(split)
+        head, tail = split_model(traced, point)
+        device_macs = sum(per_node.get(n, 0) for n in order[: order.index(point.node) + 1])
+        n = point.elements
+        with torch.no_grad():
+            feats = [head(x) for x, _ in batches]
+        g = lambda d: torch.Generator().manual_seed(args.seed * 1000 + d)  # noqa: E731
+        # raw float32: digital error-free, and analog through AWGN
+        add("raw-float32", split, 1.0, 1.0, "digital", {"erasure": 0.0}, accuracy(tail, feats, labels, lambda f: f),
+            device_macs, 32 * n)
+        for snr in (10.0, 20.0):
+            sigma = 10 ** (-snr / 20)
+            accs = [accuracy(tail, feats, labels, lambda f, d=d: peak_awgn(f, sigma, gen_d)) for d in range(draws)
+                    for gen_d in [g(d)]]
+            add("raw-float32", split, 1.0, 1.0, "awgn", {"snr_db": snr}, sum(accs) / draws, device_macs, 32 * n)
+        # quant8: 8 bits per element + 64 bits of per-sample scale/offset
+        q_bits = 8 * n + 64
+        add("quant8", split, 1.0, 32 * n / q_bits, "digital", {"erasure": 0.0},
+            accuracy(tail, feats, labels, lambda f: quant8(f, 0.0, None)), device_macs, q_bits)
+        accs = [accuracy(tail, feats, labels, lambda f, gen_d=g(d): quant8(f, 0.01, gen_d)) for d in range(draws)]
+        add("quant8", split, 1.0, 32 * n / q_bits, "bec", {"erasure": 0.01}, sum(accs) / draws, device_macs, q_bits)
+        # sparse top-k at the bit budget of an 8-bit code at each bandwidth ratio
+        idx_bits = max(1, math.ceil(math.log2(n)))
+        for ratio in ratios:
+            budget = 32 * n / (4 * ratio)
+            k = int((budget - 32) // (8 + idx_bits))
+            if k >= 1:
+                bits = 32 + k * (8 + idx_bits)
+                add("sparse", split, ratio, 32 * n / bits, "digital", {"erasure": 0.0},
+                    accuracy(tail, feats, labels, lambda f, k=k: topk_sparse(f, k)), device_macs, bits)
+        # learned codecs
+        for ratio in ratios:
+            for channel, train_cond, eval_conds in (("awgn", 10.0, [10.0, 20.0]), ("bec", 0.01, [0.01])):
+                for method in args.methods.split(","):
+                    name = f"{split}-{int(ratio)}x-{channel}-{method}"
+                    recipe = (dict(preset="bottlenetpp", lr=1e-4, batch_size=32, codec_epochs=3) if method == "faithful"
+                              else {})
+                    if quick:
+                        recipe = {**recipe, "codec_epochs": 1 if method == "faithful" else 2}
+                    cfg = FitConfig(backbone=bb_cfg, split=split, data=str(data_dir / "train.npz"),
+                                    out=str(runs / name), channel=ChannelConfig(channel, train_cond), ratio=ratio,
+                                    limit=train_limit, device=args.device, seed=args.seed, **recipe)
+                    try:
+                        if (runs / name / "codec.safetensors").is_file():
+                            fit_seconds = json.loads((runs / name / "metrics.json").read_text())["seconds"]
+                        else:
+                            fit_seconds = fit_codec(cfg).seconds
+                    except Exception as e:  # an infeasible ratio at this split (e.g. C' < 1)
+                        print(f"{name}: skipped ({e})", flush=True)
+                        continue
+                    ev = evaluate_run(EvalConfig(run=str(runs / name), data=str(data_dir / "test.npz"),
+                                                 conditions=eval_conds, draws=draws, limit=test_limit,
+                                                 device=args.device, seed=args.seed))
+                    bits = 8 * ev.code_symbols if channel == "bec" else 32 * ev.code_symbols
+                    label = "bottlenetpp-faithful" if method == "faithful" else "bnpp-best"
+                    for r in ev.results:
+                        add(label, split, ev.bandwidth_ratio, 32 * n / bits, channel, r["condition"], r["top1_mean"],
+                            device_macs, bits, fit_seconds)
+
+    wall = time.perf_counter() - t_start
+    result = {"backbone_top1": backbone_top1, "commit": commit(), "machine": machine(), "seeds": [args.seed],
+              "wall_seconds": wall, "quick": quick, "test_images": len(test), "train_limit": train_limit,
+              "draws": draws, "rows": rows}
+    (out / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(out / f"{tag}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "condition": json.dumps(r["condition"])})
+    plot(result, out / f"{tag}.png")
+    print(f"wrote {out / tag}.json/.csv/.png in {wall / 60:.1f} min", flush=True)
+    return 0
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    splits = sorted({r["split"] for r in rows}, key=lambda s: [x["split"] for x in rows].index(s))
+    panels = [("awgn", {"snr_db": 20.0}, "AWGN, PSNR 20 dB"), ("bec", {"erasure": 0.01}, "BEC, p = 0.01")]
+    fig, axes = plt.subplots(len(panels), len(splits), figsize=(3.2 * len(splits), 5.6), dpi=110, squeeze=False)
+    styles = {"bottlenetpp-faithful": "o--", "bnpp-best": "s-", "sparse": "^:"}
+    for i, (channel, cond, title) in enumerate(panels):
+        for j, split in enumerate(splits):
+            ax = axes[i][j]
+            for method, style in styles.items():
+                pts = sorted((r["bit_ratio"], 100 * r["top1"]) for r in rows if r["method"] == method
+                             and r["split"] == split and (r["channel"] == channel and r["condition"] == cond
+                                                          or method == "sparse"))
+                if pts:
+                    ax.plot(*zip(*pts), style, label=method, ms=4)
+            ax.axhline(100 * result["backbone_top1"], color="k", lw=0.8)
+            ax.axhline(100 * result["backbone_top1"] - 2, color="k", lw=0.8, ls=":")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{split} - {title}", fontsize=8)
+            ax.set_xlabel("bit compression vs float32", fontsize=7)
+            ax.set_ylabel("top-1 (%)", fontsize=7)
+            ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
