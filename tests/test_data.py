@@ -18,7 +18,6 @@ from bnpp_cli.data import (
     ImageDataset,
     check_labels,
     crop_flip,
-    data_config_for,
     load_dataset,
     make_loader,
     split_train_val,
@@ -401,19 +400,6 @@ def test_shards_are_equal_and_cover_the_dataset():
 
 
 # --- timm data config -----------------------------------------------------------------------------
-
-def test_data_config_for_a_timm_model():
-    import timm
-
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=10)
-    config = data_config_for(model)
-    assert set(config) == {"mean", "std", "input_size", "crop_pct", "interpolation"}
-    assert len(config["input_size"]) == 2 and len(config["mean"]) == 3
-    assert data_config_for(model, img_size=32)["input_size"] == (32, 32)
-    assert data_config_for(model, img_size=(24, 40))["input_size"] == (24, 40)
-
-
-# --- real data ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_real_cifar10_test_split():

@@ -460,21 +460,3 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int,
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return BatchLoader(dataset, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers,
                        drop_last=drop_last, rank=rank, world_size=world_size)
-
-
-def data_config_for(model: torch.nn.Module, img_size: int | tuple[int, int] | None = None) -> dict:
-    """The model's timm data config: mean, std, input_size (H, W), crop_pct, interpolation.
-
-    img_size overrides the input size (e.g. 32 for a CIFAR model built on an ImageNet architecture).
-    """
-    from timm.data import resolve_data_config
-
-    args = {} if img_size is None else {"input_size": (3, *_check_size(img_size))}
-    config = resolve_data_config(args, model=model)
-    return {
-        "mean": tuple(float(m) for m in config["mean"]),
-        "std": tuple(float(s) for s in config["std"]),
-        "input_size": tuple(int(s) for s in config["input_size"][-2:]),
-        "crop_pct": float(config["crop_pct"]),
-        "interpolation": str(config["interpolation"]),
-    }
