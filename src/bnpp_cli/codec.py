@@ -139,7 +139,7 @@ def _largest_ratio(c: int, h: int, w: int, spatial: bool) -> float:
 def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
                code_channels: int | None = None, spatial_reduction: bool | None = None,
                preset: str = "bnpp", output_activation: str | None = None,
-               feature_nonnegative: bool = True) -> CodecConfig:
+               feature_nonnegative: bool = True, hidden_channels: int | None = None) -> CodecConfig:
     """Choose C' (and whether to halve H, W) for a target bandwidth ratio or a given C'.
 
     ``ratio`` R with ``spatial_reduction=None`` (auto): no reduction with C' = round(C / R) when
@@ -184,7 +184,8 @@ def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
         output_activation = "relu" if feature_nonnegative else "none"
     return CodecConfig(preset=preset, in_channels=c, feature_hw=(h, w), code_channels=c_code,
                        spatial_reduction=spatial, output_activation=output_activation,
-                       decoder_condition=(preset == "bnpp"))
+                       decoder_condition=(preset == "bnpp"),
+                       hidden_channels=hidden_channels if preset == "bnpp" else None)
 
 
 def _condition_plane(param: Param, like: Tensor) -> Tensor:

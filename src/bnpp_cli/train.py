@@ -48,6 +48,7 @@ class FitConfig:
     code_channels: int | None = None
     spatial_reduction: bool | None = None  # None: only when the ratio needs it
     preset: str = "bnpp"  # codec architecture; "bottlenetpp" is the paper's
+    hidden_channels: int | None = None  # bnpp preset: width of the extra layer (None: the preset's default)
     val_data: str | None = None  # held-out images; default: val_fraction of --data
     val_fraction: float = 0.1
     data_root: str | None = None  # where torchvision datasets live / are downloaded
@@ -126,7 +127,8 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     nonneg = _nonnegative(head, train_set, backbone.data_config)
     codec_cfg = plan_codec(point.shape, ratio=config.ratio if config.code_channels is None else None,
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
-                           preset=config.preset, feature_nonnegative=nonneg)
+                           preset=config.preset, feature_nonnegative=nonneg,
+                           hidden_channels=config.hidden_channels)
     torch.manual_seed(config.seed)
     codec = build_codec(codec_cfg)
     pipeline = SplitPipeline(head, codec, channel, tail).to(device)
