@@ -198,3 +198,34 @@ def test_torchrun_two_processes_make_the_same_kind_of_run(tmp_path):
     # each process saw half of the data: the epoch counts all images once
     assert metrics["epochs"][0]["images"] == 2 * (int(64 * 0.9) // 2 // 8) * 8
     assert load_run(out).pipeline is not None
+
+
+def test_joint_phase_keeps_the_brought_backbone_for_reference(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from bnpp_cli.backbone import read_state_dict
+
+    torch.manual_seed(5)
+    ref = timm.create_model("test_resnet", num_classes=10).state_dict()
+    ckpt = tmp_path / "in.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(ckpt))
+    _, data = tiny_run(tmp_path, epochs=1, backbone_checkpoint=str(ckpt), joint_epochs=1, joint_lr=1e-2)
+    run_dir = tmp_path / "run"
+    brought = read_state_dict(run_dir / "backbone.safetensors")
+    tuned = read_state_dict(run_dir / "finetuned.safetensors")
+    assert all(torch.equal(brought[k], ref[k]) for k in ref)
+    assert any(not torch.equal(tuned[k], ref[k]) for k in ref)  # joint really fine-tuned the backbone
+    run = load_run(run_dir)
+    assert run.finetuned and torch.equal(run.model.state_dict()["fc.weight"], tuned["fc.weight"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["phase"] for e in metrics["epochs"]] == ["codec", "joint"]
+    # eval's backbone figure is the model as brought, not the fine-tuned one
+    ev = evaluate_run(EvalConfig(run=str(run_dir), data=str(data), conditions=[20], draws=1), run=run)
+    from bnpp_cli.data import BatchTransform, load_dataset
+
+    x, y = load_dataset(str(data), input_size=(32, 32), train=False).tensors()
+    dc = run.config.data_config
+    with torch.no_grad():
+        logits = run.source_model()(BatchTransform(dc["mean"], dc["std"], augment=False)(x))
+    assert ev.backbone_top1 * len(y) == pytest.approx(int((logits.argmax(1) == y).sum()))

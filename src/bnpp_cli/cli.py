@@ -214,6 +214,8 @@ def fit(
     code_channels: Annotated[Optional[int], typer.Option(help="C' directly (overrides --ratio).")] = None,
     preset: Annotated[str, typer.Option(help="Codec preset: bnpp (default) or bottlenetpp (the paper's).")] = "bnpp",
     hidden_channels: Annotated[Optional[int], typer.Option(help="bnpp preset: width of its extra layers.")] = None,
+    spatial_reduction: Annotated[Optional[bool], typer.Option(
+        "--spatial-reduction/--no-spatial-reduction", help="Halve H and W in the encoder (default: only if needed).")] = None,
     val_data: Annotated[Optional[str], typer.Option(help="Validation images (default: a split of --data).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of --data held out when no --val-data.")] = 0.1,
     data_root: Annotated[Optional[str], typer.Option(help="Root for torchvision datasets.")] = None,
@@ -245,7 +247,8 @@ def fit(
     config = FitConfig(
         backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size), split=split, data=data,
         out=str(out), channel=ChannelConfig(channel, list(cond) if isinstance(cond, tuple) else cond, bits),
-        ratio=ratio, code_channels=code_channels, preset=preset, hidden_channels=hidden_channels, val_data=val_data, val_fraction=val_fraction,
+        ratio=ratio, code_channels=code_channels, preset=preset, hidden_channels=hidden_channels,
+        spatial_reduction=spatial_reduction, val_data=val_data, val_fraction=val_fraction,
         data_root=data_root, limit=limit, codec_epochs=codec_epochs, joint_epochs=joint_epochs, lr=lr,
         joint_lr=joint_lr, batch_size=batch_size, distill=distill, augment=augment, device=device,
         seed=seed, resume=resume,

@@ -1,7 +1,8 @@
 """`bnpp eval`: accuracy against channel quality, and the compression actually achieved.
 
 Reported, on the test images given (no augmentation, no rescaling of images already at size):
-- backbone_top1: the uncut model (computed as tail(head(x)), which equals model(x) exactly);
+- backbone_top1: the uncut model as the user brought it (computed as tail(head(x)), which equals
+  model(x) exactly; after phase joint, the original backbone is run separately);
 - noiseless_top1: the cut model with the codec and a noiseless link (for digital channels the code
   is still quantised to `bits`: "noiseless" means no erasures / flips);
 - results: top-1 at each FIXED channel condition, over several independent noise draws (mean and
@@ -81,11 +82,16 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     pipeline.to(device)
     transform = BatchTransform(dc["mean"], dc["std"], augment=False)
 
-    features, labels = [], []
+    source = run.source_model().to(device) if run.finetuned else None
+    features, labels, backbone_hits = [], [], 0
     with torch.no_grad():
         for x, y in make_loader(dataset, config.batch_size, shuffle=False, seed=0):
-            features.append(pipeline.head(transform(x).to(device)))
-            labels.append(y.to(device))
+            x, y = transform(x).to(device), y.to(device)
+            f = pipeline.head(x)
+            features.append(f)
+            labels.append(y)
+            logits = source(x) if source is not None else pipeline.tail(f)
+            backbone_hits += int((logits.argmax(1) == y).sum())
     y_all = torch.cat(labels)
 
     def top1(param: float, generator: torch.Generator | None) -> float:
@@ -95,8 +101,6 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
                 hits += int((pipeline.from_features(f, param, generator).argmax(1) == y).sum())
         return hits / len(y_all)
 
-    with torch.no_grad():
-        backbone_hits = sum(int((pipeline.tail(f).argmax(1) == y).sum()) for f, y in zip(features, labels))
     results = []
     for cond in conditions:
         param = channel.param_from_condition(cond)

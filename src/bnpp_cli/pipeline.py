@@ -6,7 +6,8 @@
 A run directory holds everything needed to rebuild the pipeline, with no pickle:
 
     RUN/config.json          RunConfig: backbone, split, codec, channel, data config, classes
-    RUN/backbone.safetensors the backbone weights the codec was fitted to (fine-tuned if phase joint ran)
+    RUN/backbone.safetensors the backbone weights as the user brought them
+    RUN/finetuned.safetensors the backbone after phase joint (only if it ran): what the pipeline uses
     RUN/codec.safetensors    encoder + decoder weights
     RUN/metrics.json         per-epoch metrics of `bnpp fit`
     RUN/checkpoint/state.pt  resumable state (torch.load(weights_only=True))
@@ -29,8 +30,8 @@ from .codec import Codec, CodecConfig, build_codec
 from .errors import RunError
 from .split import SplitPoint, split_model, trace_model
 
-CONFIG_FILE, BACKBONE_FILE, CODEC_FILE, METRICS_FILE = (
-    "config.json", "backbone.safetensors", "codec.safetensors", "metrics.json")
+CONFIG_FILE, BACKBONE_FILE, FINETUNED_FILE, CODEC_FILE, METRICS_FILE = (
+    "config.json", "backbone.safetensors", "finetuned.safetensors", "codec.safetensors", "metrics.json")
 
 
 @dataclass
@@ -95,6 +96,11 @@ class Run:
     pipeline: SplitPipeline
     point: SplitPoint
     metrics: dict[str, Any] | None
+    finetuned: bool  # phase joint ran: the pipeline's backbone differs from the one brought
+
+    def source_model(self) -> nn.Module:
+        """The backbone as the user brought it (before any fine-tuning), eval mode."""
+        return rebuild_backbone(self.config, read_state_dict(self.path / BACKBONE_FILE))
 
     @property
     def codec_config(self) -> CodecConfig:
@@ -132,8 +138,9 @@ def load_run(path: str | Path) -> Run:
         if not (path / name).is_file():
             raise RunError(f"run '{path}' is incomplete: {name} is missing (did `bnpp fit` finish?)",
                            hint="finish it with `bnpp fit ... --resume`")
+    finetuned = (path / FINETUNED_FILE).is_file()
     try:
-        model = rebuild_backbone(config, read_state_dict(path / BACKBONE_FILE))
+        model = rebuild_backbone(config, read_state_dict(path / (FINETUNED_FILE if finetuned else BACKBONE_FILE)))
         pipeline, point = build_pipeline(model, config)
         pipeline.codec.load_state_dict(read_state_dict(path / CODEC_FILE), strict=True)
     except RunError:
@@ -142,7 +149,7 @@ def load_run(path: str | Path) -> Run:
         raise RunError(f"run '{path}' cannot be rebuilt: {str(e).splitlines()[0][:200]}") from None
     metrics_file = path / METRICS_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    return Run(path, config, model, pipeline.eval(), point, metrics)
+    return Run(path, config, model, pipeline.eval(), point, metrics, finetuned)
 
 
 def backbone_config_of(config: RunConfig) -> BackboneConfig:

@@ -32,8 +32,8 @@ from .codec import build_codec, plan_codec
 from .data import BatchTransform, check_labels, load_dataset, make_loader, split_train_val
 from .errors import BnppError, CodecError, RunError
 from .files import atomic_write, write_json
-from .pipeline import (BACKBONE_FILE, CODEC_FILE, CONFIG_FILE, METRICS_FILE, ChannelConfig, RunConfig,
-                       SplitPipeline)
+from .pipeline import (BACKBONE_FILE, CODEC_FILE, CONFIG_FILE, FINETUNED_FILE, METRICS_FILE, ChannelConfig,
+                       RunConfig, SplitPipeline)
 from .split import split_model, trace_model
 
 
@@ -369,7 +369,7 @@ class _Trainer:
     def _write_final(self, seconds: float) -> None:
         _save_tensors(self.out / CODEC_FILE, self.pipeline.codec.state_dict())
         if self.c.joint_epochs > 0:
-            _save_tensors(self.out / BACKBONE_FILE, self.model.state_dict())
+            _save_tensors(self.out / FINETUNED_FILE, self.model.state_dict())
         write_json(self.out / METRICS_FILE, {"status": "done", "seconds": seconds, "epochs": self.epochs})
         shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
 
