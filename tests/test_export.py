@@ -144,3 +144,13 @@ def test_cli_export_and_predict(tmp_path):
     assert r.exit_code == 2 and "cannot decode image" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["predict", str(tmp_path / "nowhere"), str(paths[0])])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_predict_refuses_the_other_channels_condition(tmp_path):
+    tiny_run(tmp_path)
+    export_halves(tmp_path / "run", tmp_path / "deploy")
+    img = tmp_path / "i.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--erasure", "0.01"])
+    assert r.exit_code == 2 and "--erasure does not apply to this export's channel 'awgn'" in r.output
+    assert "use --snr" in r.output

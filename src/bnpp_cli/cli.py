@@ -329,8 +329,9 @@ def predict(
 
     if snr is not None and erasure is not None:
         raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")
-    condition = snr if snr is not None else erasure
-    results = run_predict(deploy, [str(p) for p in images], condition=condition, topk=top, seed=seed)
+    condition, name = (snr, "snr_db") if snr is not None else (erasure, "erasure")
+    results = run_predict(deploy, [str(p) for p in images], condition=condition, topk=top, seed=seed,
+                          condition_name=name)
     write_json_output(json_path, [r.to_dict() for r in results])
     render_predictions(results)
 

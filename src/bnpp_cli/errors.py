@@ -55,3 +55,7 @@ def choices_hint(value: str, choices: Iterable[str], n: int = 8) -> str:
     shown = ", ".join(choices[:n])
     more = f", ... ({len(choices)} in all)" if len(choices) > n else ""
     return f"valid: {shown}{more}"
+
+
+class ServeError(BnppError):
+    """The network runtime: a refused request, an unreachable server, a port that is taken."""

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from .data import BatchTransform, read_image
-from .errors import ExportError
+from .errors import ChannelError, ExportError
 from .export import DEVICE_FILE, EDGE_FILE, DeviceHalf, EdgeHalf, check_pair, load_device, load_edge
 
 
@@ -38,6 +38,18 @@ class Prediction:
 def air_generator(seed: int, index: int) -> torch.Generator:
     """The noise of the simulated air interface for the index-th image of a request seeded `seed`."""
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+def check_condition(half, condition: float | None, condition_name: str | None) -> float:
+    """The channel parameter for a condition given as --snr ("snr_db") or --erasure ("erasure")."""
+    if condition is None:
+        return 0.0
+    own = half.channel.condition_name
+    if condition_name is not None and own is not None and condition_name != own:
+        flag = {"snr_db": "--snr", "erasure": "--erasure"}
+        raise ChannelError(f"{flag.get(condition_name, condition_name)} does not apply to this export's channel "
+                           f"'{half.channel.name}'", hint=f"use {flag.get(own, own)}")
+    return half.param_from_condition(condition)
 
 
 def load_pair(deploy_dir: str | Path) -> tuple[DeviceHalf, EdgeHalf]:
@@ -59,10 +71,10 @@ def prepare_images(device: DeviceHalf, paths: Sequence[str | Path]) -> torch.Ten
 
 
 def predict(deploy_dir: str | Path, images: Sequence[str | Path], condition: float | None = None,
-            topk: int = 5, seed: int = 0) -> list[Prediction]:
+            topk: int = 5, seed: int = 0, condition_name: str | None = None) -> list[Prediction]:
     """Classify image files with the exported pair: device -> wire -> channel -> edge, one image at a time."""
     device, edge = load_pair(deploy_dir)
-    param = device.param_from_condition(condition) if condition is not None else 0.0
+    param = check_condition(device, condition, condition_name)
     x_all = prepare_images(device, images)
     classes = edge.classes or [str(i) for i in range(edge.meta["num_classes"])]
     out = []

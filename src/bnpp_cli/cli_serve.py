@@ -1,0 +1,91 @@
+"""`bnpp serve` (the edge, over TCP) and `bnpp infer` (the device, its client): see serve.py.
+
+cli.py calls ``register(app)`` at import time; the commands are defined inside it so that this
+module can be imported on its own too (cli.py is complete by the time it calls register).
+Heavy imports (torch, timm) happen inside the command bodies.
+"""
+
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+TokenOpt = Annotated[Optional[str], typer.Option(
+    "--token", envvar="BNPP_TOKEN", help="Shared secret between devices and the edge (or env BNPP_TOKEN).")]
+
+
+def _log_event(console, event: dict) -> None:
+    if event.get("ok", True) and event["event"] == "request":
+        console.print(f"request: {event['images']} image(s) in a batch of {event['batch']}, "
+                      f"queue {event['queue_ms']:.2f} ms, edge {event['edge_ms']:.2f} ms")
+    else:
+        console.print(f"[yellow]refused:[/] {event['error']}")
+
+
+def register(app: typer.Typer) -> None:
+    from .cli import JsonOpt, SeedOpt, handle_errors, write_json_output
+
+    @app.command()
+    @handle_errors
+    def serve(
+        deploy: Annotated[Path, typer.Argument(help="Directory with edge.safetensors (the device half is not needed).")],
+        host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8470,
+        token: TokenOpt = None,
+        max_batch: Annotated[int, typer.Option(help="Micro-batching: most images per decoder + tail call.")] = 32,
+        batch_window_ms: Annotated[float, typer.Option(
+            help="Micro-batching: how long a request waits for others (0: no waiting).")] = 2.0,
+        max_images: Annotated[int, typer.Option(help="Most images per request (bounds a frame's size).")] = 32,
+        read_timeout: Annotated[float, typer.Option(help="Seconds a request may take to arrive whole.")] = 10.0,
+        idle_timeout: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection is kept.")] = 300.0,
+        max_connections: Annotated[int, typer.Option(help="Most connections at once.")] = 1024,
+        quiet: Annotated[bool, typer.Option("--quiet", help="No line per request on stderr.")] = False,
+    ):
+        """Serve the edge half over TCP: wire frames in, decoder + tail, top classes out (Ctrl-C stops)."""
+        from rich.console import Console
+
+        from .serve import ServeConfig, run_server
+
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        config = ServeConfig(deploy_dir=str(deploy), host=host, port=port, token=token, max_images=max_images,
+                             max_batch=max_batch, batch_window_ms=batch_window_ms, read_timeout_s=read_timeout,
+                             idle_timeout_s=idle_timeout, max_connections=max_connections)
+        ready = lambda h, p: err.print(f"Serving {deploy} on {h}:{p} (auth: {'token' if token else 'none'}, "
+                                       f"batch <= {max_batch} images within {batch_window_ms:g} ms); "
+                                       f"Ctrl-C to stop")
+        stats = run_server(config, ready=ready, on_event=None if quiet else lambda e: _log_event(err, e))
+        mean_edge = stats.edge_ms_total / stats.batches if stats.batches else 0.0
+        err.print(f"Stopped: {stats.requests} requests, {stats.images} images, {stats.errors} refused, "
+                  f"{stats.connections} connections; mean batch {stats.to_dict()['mean_batch']:.1f} images, "
+                  f"{mean_edge:.2f} ms per tail call")
+
+    @app.command()
+    @handle_errors
+    def infer(
+        deploy: Annotated[Path, typer.Argument(help="Directory with device.safetensors (the edge half is not needed).")],
+        images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+        server: Annotated[str, typer.Option("--server", help="The edge: HOST:PORT of `bnpp serve`.")],
+        snr: Annotated[Optional[float], typer.Option(help="Analog channels: PSNR in dB (default: noiseless).")] = None,
+        erasure: Annotated[Optional[float], typer.Option(help="Digital channels: bit error probability.")] = None,
+        top: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
+        token: TokenOpt = None,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 30.0,
+        json_path: JsonOpt = None,
+        seed: SeedOpt = 0,
+    ):
+        """Run the device half here and the edge half on `bnpp serve`: same answers as `bnpp predict`."""
+        from .errors import ChannelError
+        from .render import console
+        from .serve import infer_images
+
+        if snr is not None and erasure is not None:
+            raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")
+        condition, name = (snr, "snr_db") if snr is not None else (erasure, "erasure")
+        results = infer_images(deploy, [str(p) for p in images], server, condition=condition, seed=seed,
+                               condition_name=name, topk=top, token=token, timeout_s=timeout)
+        write_json_output(json_path, [r.to_dict() for r in results])
+        for r in results:
+            best = ", ".join(f"{name} {p:.1%}" for name, p in r.top)
+            console.print(f"[bold]{r.image}[/]: {best}  |  sent {r.bytes_sent} B, device {r.device_ms:.1f} ms, "
+                          f"network {r.network_ms:.1f} ms, edge {r.edge_ms:.1f} ms")
