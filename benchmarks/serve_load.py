@@ -277,7 +277,7 @@ def main() -> None:
     if args.serve:
         return serve_role(args)
 
-    from bnpp_cli.serve import Request, encode_request
+    from bnpp_cli.protocol import Request, encode_request
 
     torch.set_num_threads(1)
     data = np.load(args.data)

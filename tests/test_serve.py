@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from bnpp_cli import wire
 from bnpp_cli.cli import app
 from bnpp_cli.errors import ServeError
 from bnpp_cli.export import export_halves, load_device, load_edge
 from bnpp_cli.runtime import air_generator, predict, prepare_images
-from bnpp_cli.serve import (REQUEST_HEADER, EdgeClient, Request, ServeConfig, ServerThread, encode_request,
-                            infer_images, parse_address, parse_request_header)
+from bnpp_cli.client import EdgeClient, infer_images, parse_address
+from bnpp_cli.protocol import REQUEST_HEADER, Request, encode_request, parse_request_header
+from bnpp_cli.serve import ServeConfig, ServerThread
 
 from .conftest import REPO
 from .helpers import tiny_run
@@ -384,7 +384,7 @@ def test_16_concurrent_clients_lose_nothing_and_batch(analog, codes):
 def _cli_error(args, message):
     r = runner.invoke(app, args)
     assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and f"Error: " in r.output and message in r.output, r.output
+    assert "Traceback" not in r.output and "Error: " in r.output and message in r.output, r.output
     return r.output
 
 

@@ -1,4 +1,4 @@
-"""`bnpp serve` (the edge, over TCP) and `bnpp infer` (the device, its client): see serve.py.
+"""`bnpp serve` (the edge, over TCP) and `bnpp infer` (the device, its client): see serve.py, client.py.
 
 cli.py calls ``register(app)`` at import time; the commands are defined inside it so that this
 module can be imported on its own too (cli.py is complete by the time it calls register).
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         """Run the device half here and the edge half on `bnpp serve`: same answers as `bnpp predict`."""
         from .errors import ChannelError
         from .render import console
-        from .serve import infer_images
+        from .client import infer_images
 
         if snr is not None and erasure is not None:
             raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")

@@ -19,38 +19,7 @@ that arrive while the worker is busy join the next call. Whether that pays depen
 see benchmarks/serve_load.py. The
 server never executes or unpickles what it receives: frames are parsed with struct and numpy.
 
-Protocol version 1, all integers little-endian. A connection carries any number of requests
-(keep-alive), each answered before the next is read.
-
-Request::
-
-    offset  size  field
-    0       4     magic b"BNPQ"
-    4       1     protocol version (1)
-    5       1     flags: bit 0 = close the connection after this answer; other bits must be 0
-    6       2     top-k, uint16 >= 1 (clipped to the number of classes)
-    8       8     channel condition, float64: PSNR in dB (analog) or bit probability (digital),
-                  in the units of `bnpp predict --snr / --erasure`; NaN = noiseless link
-    16      8     seed, int64 (predict's --seed)
-    24      4     first index, uint32: image i of the frame uses air_generator(seed, first_index + i)
-    28      2     token length T, uint16, 0..256
-    30      T     token bytes (checked with hmac.compare_digest when the server has a token)
-    30+T    ...   one wire frame (wire.py, format version 1): N >= 1 codes of this export
-
-Answer::
-
-    0       4     body length L, uint32 (at most 16 MiB)
-    4       L     UTF-8 JSON object:
-                  {"ok": true, "predictions": [[[class, probability], ...] per image, best first],
-                   "images": N, "batch": images in the tail call, "queue_ms": ..., "edge_ms": ...}
-                  or {"ok": false, "error": "one line"}
-
-Limits: a frame larger than ``max_images`` codes of this export is refused from its header,
-before its payload is read; a request must arrive whole within ``read_timeout_s`` of its first
-byte; a keep-alive connection idle for ``idle_timeout_s`` is closed; at most ``max_connections``
-at once. After an error in the request header or framing the server answers and closes the
-connection (the stream is no longer in step); after an error in a whole frame (pair id, CRC,
-shape, condition) it answers and keeps the connection.
+The request / answer protocol is specified in protocol.py.
 """
 
 from __future__ import annotations
@@ -62,96 +31,22 @@ import json
 import math
 import os
 import signal
-import socket
 import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
 from . import wire
 from .errors import BnppError, ExportError, ServeError
-from .export import DEVICE_FILE, EDGE_FILE, EdgeHalf, load_device, load_edge
-from .runtime import air_generator, check_condition, prepare_images
-
-MAGIC = b"BNPQ"
-VERSION = 1
-FLAG_CLOSE = 1
-_REQUEST = struct.Struct("<4sBBHdqIH")  # magic .. token length: 30 bytes
-REQUEST_HEADER = _REQUEST.size
-_LENGTH = struct.Struct("<I")
-MAX_TOKEN = 256  # bytes: room for any sensible shared secret
-MAX_ANSWER = 16 * 2**20  # the client refuses longer answers (a top-k list is tiny)
-LINGER_S, LINGER_BYTES = 0.25, 2**20  # after a refusal: how long / how much input is discarded
-_SEED_SPACE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
-
-ReadExactly = Callable[[int], Awaitable[bytes]]
-
-
-@dataclass(frozen=True)
-class Request:
-    """The request header fields (the token is checked and dropped by the server)."""
-
-    topk: int = 5
-    condition: float | None = None  # None (NaN on the wire) = noiseless
-    seed: int = 0
-    first_index: int = 0
-    close: bool = False
-
-
-def encode_request(frame: bytes, request: Request, token: str | bytes | None = None) -> bytes:
-    """Request header + token + wire frame, ready to send."""
-    tok = token.encode() if isinstance(token, str) else (token or b"")
-    if len(tok) > MAX_TOKEN:
-        raise ServeError(f"token of {len(tok)} bytes is too long (at most {MAX_TOKEN})")
-    if not 1 <= request.topk <= 0xFFFF:
-        raise ServeError(f"top-k {request.topk} is out of range: valid is 1 to 65535")
-    if not 0 <= request.first_index <= 0xFFFFFFFF:
-        raise ServeError(f"first index {request.first_index} is out of range: valid is 0 to 2^32 - 1")
-    if not -(2**63) <= request.seed < 2**63:
-        raise ServeError(f"seed {request.seed} does not fit in a signed 64-bit integer")
-    cond = math.nan if request.condition is None else float(request.condition)
-    flags = FLAG_CLOSE if request.close else 0
-    return _REQUEST.pack(MAGIC, VERSION, flags, request.topk, cond, request.seed, request.first_index,
-                         len(tok)) + tok + frame
-
-
-def parse_request_header(buf: bytes) -> tuple[Request, int]:
-    """The fixed request header -> (Request, token length); ServeError names the bad field."""
-    magic, version, flags, topk, cond, seed, first, tok_len = _REQUEST.unpack(buf)
-    if magic != MAGIC:
-        raise ServeError(f"bad request magic {magic!r} (expected {MAGIC!r})")
-    if version != VERSION:
-        raise ServeError(f"unsupported protocol version {version} (this server speaks {VERSION})")
-    if flags & ~FLAG_CLOSE:
-        raise ServeError(f"unknown request flags {flags:#04x} (only bit 0, close, is defined)")
-    if topk < 1:
-        raise ServeError("top-k 0 is out of range: valid is 1 to 65535")
-    if tok_len > MAX_TOKEN:
-        raise ServeError(f"token length {tok_len} is over the limit of {MAX_TOKEN} bytes")
-    return Request(topk, None if math.isnan(cond) else cond, seed, first, bool(flags & FLAG_CLOSE)), tok_len
-
-
-def _check_seed(seed: int, first_index: int, n: int) -> None:
-    lo, hi = _SEED_SPACE
-    if not (lo <= seed * 1_000_003 + first_index and seed * 1_000_003 + first_index + n - 1 <= hi):
-        raise ServeError(f"seed {seed} is out of range for the air interface's generator")
-
-
-async def read_frame(readexactly: ReadExactly, max_bytes: int) -> bytes:
-    """One wire frame from a stream; refused from its header when it is over ``max_bytes``."""
-    head = await readexactly(wire.MIN_HEADER)
-    header_len, _ = wire.peek_header(head)
-    head += await readexactly(header_len - len(head))
-    _, total = wire.peek_header(head)
-    if total > max_bytes:
-        raise ServeError(f"frame of {total} bytes is over this server's limit of {max_bytes} bytes")
-    return head + await readexactly(total - header_len)
-
+from .export import EDGE_FILE, EdgeHalf, load_edge
+from .protocol import (ANSWER_LENGTH, LINGER_BYTES, LINGER_S, MAX_TOKEN, REQUEST_HEADER, ReadExactly, Request,
+                       check_seed, parse_request_header, read_frame)
+from .runtime import air_generator
 
 # ---- what the server computes --------------------------------------------------------------
 class Backend:
@@ -192,7 +87,7 @@ class BnppBackend(Backend):
         n = z.shape[0]
         if not 1 <= n <= self.max_images:
             raise ServeError(f"frame holds {n} images: valid is 1 to {self.max_images}")
-        _check_seed(request.seed, request.first_index, n)
+        check_seed(request.seed, request.first_index, n)
         cond = request.condition
         param = 0.0 if cond is None else self.edge.param_from_condition(cond)
         z_hat = torch.cat([self.edge.channel(z[i:i + 1], param,
@@ -373,7 +268,7 @@ class EdgeServer:
 
     async def _answer(self, writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
         body = json.dumps(answer, separators=(",", ":")).encode()
-        writer.write(_LENGTH.pack(len(body)) + body)
+        writer.write(ANSWER_LENGTH.pack(len(body)) + body)
         await asyncio.wait_for(writer.drain(), self.config.read_timeout_s)
 
     def _emit(self, event: dict[str, Any]) -> None:
@@ -524,142 +419,3 @@ class ServerThread:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-# ---- the device side ---------------------------------------------------------------------------
-@dataclass
-class Answer:
-    """One answer from the server, with what the client measured."""
-
-    predictions: list[list[tuple[str, float]]]
-    batch: int
-    queue_ms: float
-    edge_ms: float
-    rtt_ms: float
-    bytes_sent: int
-
-    @property
-    def network_ms(self) -> float:
-        """Round trip minus the time the request spent in the server."""
-        return max(0.0, self.rtt_ms - self.queue_ms - self.edge_ms)
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """'HOST:PORT' -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ServeError(f"server address {address!r} is not HOST:PORT (e.g. 127.0.0.1:8470)")
-    return host.strip("[]"), int(port)
-
-
-class EdgeClient:
-    """A blocking keep-alive connection to `bnpp serve` (one request at a time)."""
-
-    def __init__(self, host: str, port: int, token: str | None = None, timeout_s: float = 30.0):
-        self.host, self.port, self.token, self.timeout_s = host, port, token, timeout_s
-        self._sock: socket.socket | None = None
-
-    def _where(self) -> str:
-        return f"the edge server at {self.host}:{self.port}"
-
-    def connect(self) -> "EdgeClient":
-        try:
-            self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
-        except socket.timeout:
-            raise ServeError(f"cannot reach {self._where()}: no answer within {self.timeout_s:g} s") from None
-        except OSError as e:
-            raise ServeError(f"cannot reach {self._where()}: {e.strerror or e}",
-                             hint="is `bnpp serve` running there?") from None
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def __enter__(self) -> "EdgeClient":
-        return self.connect()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _recv(self, n: int) -> bytes:
-        parts, got = [], 0
-        while got < n:
-            chunk = self._sock.recv(min(n - got, 2**20))
-            if not chunk:
-                raise ServeError(f"{self._where()} closed the connection without an answer")
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
-
-    def send(self, frame: bytes, request: Request) -> Answer:
-        """One request (a wire frame of N codes) -> its Answer; ServeError if refused."""
-        if self._sock is None:
-            self.connect()
-        data = encode_request(frame, request, self.token)
-        t0 = time.perf_counter()
-        try:
-            self._sock.sendall(data)
-            (length,) = _LENGTH.unpack(self._recv(_LENGTH.size))
-            if length > MAX_ANSWER:
-                raise ServeError(f"{self._where()} announced a {length}-byte answer (limit {MAX_ANSWER})")
-            body = self._recv(length)
-        except socket.timeout:
-            self.close()
-            raise ServeError(f"no answer from {self._where()} within {self.timeout_s:g} s") from None
-        except OSError as e:
-            self.close()
-            raise ServeError(f"connection to {self._where()} failed: {e.strerror or e}") from None
-        rtt_ms = 1e3 * (time.perf_counter() - t0)
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            raise ServeError(f"{self._where()} sent an answer that is not JSON") from None
-        if not answer.get("ok"):
-            self.close()
-            raise ServeError(f"{self._where()} refused the request: {answer.get('error')}")
-        preds = [[(str(c), float(p)) for c, p in image] for image in answer["predictions"]]
-        return Answer(preds, answer["batch"], answer["queue_ms"], answer["edge_ms"], rtt_ms, len(data))
-
-
-@dataclass
-class RemotePrediction:
-    image: str
-    top: list[tuple[str, float]]  # (class, probability), best first
-    bytes_sent: int  # request header + wire frame of this image
-    device_ms: float
-    network_ms: float
-    edge_ms: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def infer_images(deploy_dir: str | Path, images: Sequence[str | Path], server: str,
-                 condition: float | None = None, seed: int = 0, topk: int = 5,
-                 token: str | None = None, timeout_s: float = 30.0,
-                 condition_name: str | None = None) -> list[RemotePrediction]:
-    """Device side of co-inference: head + encoder here, one request per image to `bnpp serve`.
-
-    Image i is sent with first_index = i, so the edge draws its noise from air_generator(seed, i)
-    exactly as `bnpp predict` does, and the answers are predict's."""
-    d = Path(deploy_dir)
-    if not d.is_dir():
-        raise ExportError(f"deploy directory '{d}' does not exist", hint="make one with `bnpp export RUN --out DIR`")
-    host, port = parse_address(server)
-    device = load_device(d / DEVICE_FILE)
-    param = check_condition(device, condition, condition_name)
-    _check_seed(seed, 0, len(images))
-    x_all = prepare_images(device, images)
-    out = []
-    with EdgeClient(host, port, token, timeout_s) as client, torch.inference_mode():
-        for index, (path, x) in enumerate(zip(images, x_all)):
-            t0 = time.perf_counter()
-            frame = device.payload(device(x[None], param))
-            device_ms = 1e3 * (time.perf_counter() - t0)
-            answer = client.send(frame, Request(topk, condition, seed, index, close=index == len(images) - 1))
-            out.append(RemotePrediction(str(path), answer.predictions[0], answer.bytes_sent, device_ms,
-                                        answer.network_ms, answer.edge_ms))
-    return out
