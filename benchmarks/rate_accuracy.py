@@ -137,6 +137,7 @@ def main() -> int:
     tag = "rate_accuracy_quick" if quick else "rate_accuracy"
     runs = out / "runs" / tag
     t_start = time.perf_counter()
+    code_commit = commit()  # the code that runs, even if HEAD moves while the benchmark does
 
     bb_cfg = BackboneConfig("resnet18", checkpoint=str(checkpoint), num_classes=10, img_size=32)
     backbone = load_backbone(bb_cfg)
@@ -159,7 +160,7 @@ def main() -> int:
     def save(final: bool = False) -> None:
         wall = time.perf_counter() - t_start
         write_results(out, tag, {
-            "backbone_top1": backbone_top1, "commit": commit(), "machine": machine(), "seeds": [args.seed],
+            "backbone_top1": backbone_top1, "commit": code_commit, "machine": machine(), "seeds": [args.seed],
             "wall_seconds": wall, "complete": final, "quick": quick, "test_images": len(test),
             "train_limit": train_limit, "epochs": epochs, "draws": draws, "rows": rows})
         if final:
