@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .backbone import Backbone, BackboneConfig, create_timm_model, read_state_dict
+from .backbone import create_timm_model, read_state_dict
 from .channels import Channel, create_channel
 from .codec import Codec, CodecConfig, build_codec
 from .errors import RunError
@@ -150,13 +150,3 @@ def load_run(path: str | Path) -> Run:
     metrics_file = path / METRICS_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     return Run(path, config, model, pipeline.eval(), point, metrics, finetuned)
-
-
-def backbone_config_of(config: RunConfig) -> BackboneConfig:
-    kwargs = dict(config.create_kwargs)
-    return BackboneConfig(model=config.model, num_classes=kwargs.pop("num_classes", None),
-                          img_size=kwargs.pop("img_size", None), model_kwargs=kwargs)
-
-
-def describe_backbone(backbone: Backbone) -> dict[str, Any]:
-    return {"model": backbone.config.model, "weights": backbone.weights, "input_size": list(backbone.input_size)}

@@ -95,7 +95,7 @@ class FitResult:
     seconds: float
 
 
-Callback = Callable[[str, dict[str, Any]], None]  # (event, info): "phase", "batch", "epoch"
+Callback = Callable[[str, dict[str, Any]], None]  # (event, info): "phase", "epoch_start", "batch", "epoch"
 
 
 def _noop(event: str, info: dict[str, Any]) -> None:
