@@ -1,0 +1,56 @@
+"""Print the rate-accuracy results (benchmarks/results/rate_accuracy.json) as Markdown tables.
+
+    python benchmarks/rate_accuracy_table.py [RESULTS.json]
+
+The README's tables are this script's output, so every figure there comes from the results file.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "rate_accuracy.json")
+d = json.loads(path.read_text())
+rows, base = d["rows"], 100 * d["backbone_top1"]
+splits = list(dict.fromkeys(r["split"] for r in rows))
+m = d["machine"]
+print(f"Backbone top-1 {base:.2f} % on {d['test_images']} test images; commit {d['commit']}; {m['cores']} cores, "
+      f"torch {m['torch']}; seeds {d['seeds']}; {d['train_limit']} training images, {d['epochs']} epochs per fit; "
+      f"{d['draws']} noise draws; wall {d['wall_seconds'] / 60:.0f} min; complete: {d.get('complete', True)}.\n")
+
+
+def cell(method, split, ratio, channel, cond):
+    for r in rows:
+        if (r["method"], r["split"], r["channel"], r["condition"]) == (method, split, channel, cond) and \
+                (ratio is None or abs(r["ratio"] - ratio) < 1e-6):
+            return r
+    return None
+
+
+print("Headline: top-1 drop (points) at 64x bandwidth; device MACs of the split.\n")
+print("| split | device MACs | method | AWGN 20 dB, 64x | AWGN 10 dB, 64x | BEC p=0.01, 256x bits |")
+print("|---|---|---|---|---|---|")
+for split in splits:
+    macs = next(r["device_macs"] for r in rows if r["split"] == split)
+    for method in ("bottlenetpp-faithful", "bnpp-best"):
+        vals = [cell(method, split, 64.0, ch, c) for ch, c in
+                (("awgn", {"snr_db": 20.0}), ("awgn", {"snr_db": 10.0}), ("bec", {"erasure": 0.01}))]
+        if any(vals):
+            txt = [f"{v['drop']:.2f}" if v else "not run" for v in vals]
+            print(f"| {split} | {macs / 1e6:.1f} M | {method} | " + " | ".join(txt) + " |")
+
+print("\nAll rows: top-1 (%) and drop (points); ratio = bandwidth, bits = bit compression vs float32.\n")
+print("| method | split | ratio | bits | channel | condition | top-1 | drop | fit s |")
+print("|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    (k, v), = r["condition"].items()
+    cond = f"{v:g} dB" if k == "snr_db" else f"p={v:g}"
+    print(f"| {r['method']} | {r['split']} | {r['ratio']:.0f}x | {r['bit_ratio']:.0f}x | {r['channel']} | {cond} | "
+          f"{100 * r['top1']:.2f} | {r['drop']:.2f} | {r['fit_seconds']:.0f} |")
+
+pairs = [(b, f) for b in rows if b["method"] == "bnpp-best" for f in rows if f["method"] == "bottlenetpp-faithful"
+         and (f["split"], f["ratio"], f["channel"], f["condition"]) == (b["split"], b["ratio"], b["channel"], b["condition"])]
+if pairs:
+    gains = [100 * (b["top1"] - f["top1"]) for b, f in pairs]
+    print(f"\nbnpp-best vs bottlenetpp-faithful over {len(pairs)} matched rows: higher at {sum(g > 0 for g in gains)}, "
+          f"mean gain {sum(gains) / len(gains):+.2f} points, worst {min(gains):+.2f}, best {max(gains):+.2f}.")
