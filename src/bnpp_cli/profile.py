@@ -111,8 +111,7 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
     total_params = sum(p.numel() for p in backbone.model.parameters())
 
     inputs, source = _sample_inputs(config, backbone)
-    latency, sparsity = _measure(traced, points, x1, inputs, config.near_zero, config.repeats)
-    full_ms = _median_ms(backbone.model, x1, config.repeats)
+    latency, full_ms, sparsity = _measure(traced, points, x1, inputs, config.near_zero, config.repeats)
 
     rows: list[PointProfile] = []
     with torch.no_grad():
@@ -214,13 +213,15 @@ def _instrument(traced: TracedModel, points: list[SplitPoint]) -> torch.fx.Graph
         if n.name in wanted:
             env[n] = graph.call_function(_stamp, (env[n],))
             captured.append(env[n])
+    output = next(n for n in traced.graph_module.graph.nodes if n.op == "output")
+    graph.call_function(_stamp, (torch.fx.node.map_arg(output.args[0], lambda a: env[a]),))  # whole model
     graph.output(tuple(captured))
     return torch.fx.GraphModule(traced.graph_module, graph)
 
 
 def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, inputs: torch.Tensor,
-             eps: float, repeats: int) -> tuple[list[float], list[tuple[float, float]]]:
-    """Per point: head latency (ms, batch 1, median of repeats) and (zero, near-zero) fractions."""
+             eps: float, repeats: int) -> tuple[list[float], float, list[tuple[float, float]]]:
+    """Per point: head latency (ms, batch 1, median of repeats); the whole model's; (zero, near-zero) fractions."""
     gm = _instrument(traced, points)
     runs = []
     with torch.inference_mode():
@@ -228,7 +229,7 @@ def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, in
             _STAMPS.clear()
             gm(x1)
             runs.append([1e3 * (t - _STAMPS[0]) for t in _STAMPS[1:]])
-        latency = [statistics.median(r[i] for r in runs[1:]) for i in range(len(points))]
+        latency = [statistics.median(r[i] for r in runs[1:]) for i in range(len(points) + 1)]
         counts = [[0, 0, 0] for _ in points]
         for chunk in inputs.split(16):
             for c, f in zip(counts, gm(chunk)):
@@ -236,15 +237,4 @@ def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, in
                 c[1] += int((f.abs() < eps).sum())
                 c[2] += f.numel()
     _STAMPS.clear()
-    return latency, [(c[0] / c[2], c[1] / c[2]) for c in counts]
-
-
-def _median_ms(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    times = []
-    with torch.inference_mode():
-        module(x)  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            module(x)
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return latency[:-1], latency[-1], [(c[0] / c[2], c[1] / c[2]) for c in counts]
