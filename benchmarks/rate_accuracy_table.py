@@ -1,6 +1,6 @@
 """Print the rate-accuracy results (benchmarks/results/rate_accuracy.json) as Markdown tables.
 
-    python benchmarks/rate_accuracy_table.py [RESULTS.json]
+    python benchmarks/rate_accuracy_table.py [RESULTS.json] [--all]   (--all: every row, too)
 
 The README's tables are this script's output, so every figure there comes from the results file.
 """
@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "rate_accuracy.json")
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+path = Path(args[0] if args else Path(__file__).parent / "results" / "rate_accuracy.json")
 d = json.loads(path.read_text())
 rows, base = d["rows"], 100 * d["backbone_top1"]
 splits = list(dict.fromkeys(r["split"] for r in rows))
@@ -39,10 +40,28 @@ for split in splits:
             txt = [f"{v['drop']:.2f}" if v else "not run" for v in vals]
             print(f"| {split} | {macs / 1e6:.1f} M | {method} | " + " | ".join(txt) + " |")
 
-print("\nAll rows: top-1 (%) and drop (points); ratio = bandwidth, bits = bit compression vs float32.\n")
-print("| method | split | ratio | bits | channel | condition | top-1 | drop | fit s |")
-print("|---|---|---|---|---|---|---|---|---|")
-for r in rows:
+ratios = sorted({r["ratio"] for r in rows if r["method"] in ("bnpp-best", "bottlenetpp-faithful")})
+print("\nTop-1 drop (points) at every ratio: AWGN 20 dB (bandwidth ratio) | BEC p=0.01 (bit ratio = 4x). "
+      "sparse: error-free link at the same bits as an 8-bit code.\n")
+heads = [f"AWGN {r:.0f}x" for r in ratios] + [f"BEC {4 * r:.0f}x bits" for r in ratios]
+print("| split | method | " + " | ".join(heads) + " |")
+print("|---|---|" + "---|" * len(heads))
+for split in splits:
+    for method in ("bottlenetpp-faithful", "bnpp-best", "sparse"):
+        vals = [cell(method, split, r, "awgn", {"snr_db": 20.0}) for r in ratios]
+        vals += [cell(method, split, r, "digital" if method == "sparse" else "bec",
+                      {"erasure": 0.0} if method == "sparse" else {"erasure": 0.01}) for r in ratios]
+        if any(vals):
+            print(f"| {split} | {method} | " + " | ".join(f"{v['drop']:.2f}" if v else "-" for v in vals) + " |")
+rows_all = rows if "--all" in sys.argv else []
+print("\nBaselines without learning (drop, points): " + "; ".join(
+    f"{split}: raw AWGN 20 dB {cell('raw-float32', split, None, 'awgn', {'snr_db': 20.0})['drop']:.2f}, "
+    f"quant8 BEC {cell('quant8', split, None, 'bec', {'erasure': 0.01})['drop']:.2f}" for split in splits) + ".")
+if rows_all:
+    print("\nAll rows: top-1 (%) and drop (points); ratio = bandwidth, bits = bit compression vs float32.\n")
+    print("| method | split | ratio | bits | channel | condition | top-1 | drop | fit s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+for r in rows_all:
     (k, v), = r["condition"].items()
     cond = f"{v:g} dB" if k == "snr_db" else f"p={v:g}"
     print(f"| {r['method']} | {r['split']} | {r['ratio']:.0f}x | {r['bit_ratio']:.0f}x | {r['channel']} | {cond} | "
