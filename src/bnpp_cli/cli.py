@@ -145,6 +145,15 @@ def _values(value: str | None, flag: str) -> list[float] | None:
         raise ChannelError(f"{flag} {value!r} is not a comma-separated list of numbers") from None
 
 
+def link_condition(snr: float | None, erasure: float | None) -> tuple[float | None, str]:
+    """--snr / --erasure of predict and infer -> (condition, its name); at most one may be given."""
+    from .errors import ChannelError
+
+    if snr is not None and erasure is not None:
+        raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")
+    return (snr, "snr_db") if snr is not None else (erasure, "erasure")
+
+
 def _train_condition(channel: str, snr: str | None, erasure: str | None):
     from .channels import create_channel
     from .errors import ChannelError
@@ -323,13 +332,10 @@ def predict(
     seed: SeedOpt = 0,
 ):
     """Run device -> wire -> channel -> edge on image files; top classes, payload size, time per side."""
-    from .errors import ChannelError
     from .render import render_predictions
     from .runtime import predict as run_predict
 
-    if snr is not None and erasure is not None:
-        raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")
-    condition, name = (snr, "snr_db") if snr is not None else (erasure, "erasure")
+    condition, name = link_condition(snr, erasure)
     results = run_predict(deploy, [str(p) for p in images], condition=condition, topk=top, seed=seed,
                           condition_name=name)
     write_json_output(json_path, [r.to_dict() for r in results])

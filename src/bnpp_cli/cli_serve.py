@@ -24,7 +24,7 @@ def _log_event(console, event: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from .cli import JsonOpt, SeedOpt, handle_errors, write_json_output
+    from .cli import JsonOpt, SeedOpt, handle_errors, link_condition, write_json_output
 
     @app.command()
     @handle_errors
@@ -75,13 +75,10 @@ def register(app: typer.Typer) -> None:
         seed: SeedOpt = 0,
     ):
         """Run the device half here and the edge half on `bnpp serve`: same answers as `bnpp predict`."""
-        from .errors import ChannelError
-        from .render import console
         from .client import infer_images
+        from .render import console
 
-        if snr is not None and erasure is not None:
-            raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")
-        condition, name = (snr, "snr_db") if snr is not None else (erasure, "erasure")
+        condition, name = link_condition(snr, erasure)
         results = infer_images(deploy, [str(p) for p in images], server, condition=condition, seed=seed,
                                condition_name=name, topk=top, token=token, timeout_s=timeout)
         write_json_output(json_path, [r.to_dict() for r in results])
