@@ -122,7 +122,8 @@ def main() -> int:
         return 2
     from bnpp_cli.backbone import BackboneConfig, load_backbone
     from bnpp_cli.compute import node_macs
-    from bnpp_cli.data import BatchTransform, load_dataset, make_loader
+    from bnpp_cli.batching import BatchTransform, make_loader
+    from bnpp_cli.data import load_dataset
     from bnpp_cli.evaluate import EvalConfig, evaluate_run
     from bnpp_cli.pipeline import ChannelConfig
     from bnpp_cli.split import split_model, trace_model

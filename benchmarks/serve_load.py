@@ -109,7 +109,7 @@ def make_backend(mode: str, deploy: Path, max_images: int):
 
     from PIL import Image
 
-    from bnpp_cli.data import BatchTransform
+    from bnpp_cli.batching import BatchTransform
 
     head = load_device(deploy / "device.safetensors").head
     dc = edge.meta["data_config"]
@@ -167,7 +167,7 @@ def encode_payloads(deploy: Path, x_uint8: np.ndarray, snr_db: float) -> dict:
     from PIL import Image
 
     from bnpp_cli import wire
-    from bnpp_cli.data import BatchTransform
+    from bnpp_cli.batching import BatchTransform
     from bnpp_cli.export import load_device
 
     device = load_device(deploy / "device.safetensors")

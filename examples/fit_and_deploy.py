@@ -1,12 +1,11 @@
 """Fit a codec, evaluate it, export the two halves and run them - the whole path from Python.
 
-    python examples/fit_and_deploy.py [DATA.npz]
+    python examples/fit_and_deploy.py
 
-Without an argument it uses ../shared/data/cifar10 and ../shared/models/resnet18_cifar10.safetensors
+It uses ../shared/data/cifar10 and ../shared/models/resnet18_cifar10.safetensors
 when present (a real CIFAR-10 resnet18), else a tiny random model and random images.
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -12,16 +12,8 @@ import torchvision.datasets
 from PIL import Image
 from torch.utils.data import Subset
 
-from bnpp_cli.data import (
-    BatchLoader,
-    BatchTransform,
-    ImageDataset,
-    check_labels,
-    crop_flip,
-    load_dataset,
-    make_loader,
-    split_train_val,
-)
+from bnpp_cli.batching import BatchLoader, BatchTransform, crop_flip, make_loader
+from bnpp_cli.data import ImageDataset, check_labels, load_dataset, split_train_val
 from bnpp_cli.errors import DataError
 
 CIFAR10 = Path(__file__).parents[1] / ".." / "shared" / "data" / "cifar10"

@@ -39,7 +39,8 @@ def test_fit_writes_a_complete_run_and_eval_reports_the_contract(tmp_path):
     assert all(r["draws"] == 3 and 0 <= r["top1_mean"] <= 1 for r in ev["results"])
     # the backbone figure is the uncut model's own accuracy
     loaded = load_run(run)
-    from bnpp_cli.data import BatchTransform, load_dataset
+    from bnpp_cli.batching import BatchTransform
+    from bnpp_cli.data import load_dataset
 
     ds = load_dataset(str(data), input_size=(32, 32), train=False)
     x, y = ds.tensors()
@@ -222,7 +223,8 @@ def test_joint_phase_keeps_the_brought_backbone_for_reference(tmp_path):
     assert [e["phase"] for e in metrics["epochs"]] == ["codec", "joint"]
     # eval's backbone figure is the model as brought, not the fine-tuned one
     ev = evaluate_run(EvalConfig(run=str(run_dir), data=str(data), conditions=[20], draws=1), run=run)
-    from bnpp_cli.data import BatchTransform, load_dataset
+    from bnpp_cli.batching import BatchTransform
+    from bnpp_cli.data import load_dataset
 
     x, y = load_dataset(str(data), input_size=(32, 32), train=False).tensors()
     dc = run.config.data_config

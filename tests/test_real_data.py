@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bnpp_cli.backbone import BackboneConfig, load_backbone
-from bnpp_cli.data import BatchTransform, load_dataset, make_loader
+from bnpp_cli.batching import BatchTransform, make_loader
+from bnpp_cli.data import load_dataset
 from bnpp_cli.evaluate import EvalConfig, evaluate_run
 from bnpp_cli.export import export_halves, load_device, load_edge
 from bnpp_cli.pipeline import ChannelConfig

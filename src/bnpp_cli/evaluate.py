@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .data import BatchTransform, check_labels, load_dataset, make_loader
+from .batching import BatchTransform, make_loader
+from .data import check_labels, load_dataset
 from .errors import ChannelError
 from .pipeline import Run, load_run
 

@@ -176,7 +176,8 @@ def _sample_inputs(config: ProfileConfig, backbone) -> tuple[torch.Tensor, str]:
     if config.data is None:
         g = torch.Generator().manual_seed(config.seed)
         return torch.randn(config.samples, *input_size, generator=g), "random"
-    from .data import BatchTransform, load_dataset
+    from .batching import BatchTransform
+    from .data import load_dataset
 
     ds = load_dataset(config.data, input_size=tuple(input_size[1:]), train=False)
     n = min(config.samples, len(ds))

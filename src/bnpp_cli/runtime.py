@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .data import BatchTransform, read_image
+from .batching import BatchTransform
+from .data import read_image
 from .errors import ChannelError, ExportError
 from .export import DEVICE_FILE, EDGE_FILE, DeviceHalf, EdgeHalf, check_pair, load_device, load_edge
 

@@ -29,7 +29,8 @@ from torch import nn
 
 from .backbone import BackboneConfig, load_backbone
 from .codec import build_codec, plan_codec
-from .data import BatchTransform, check_labels, load_dataset, make_loader, split_train_val
+from .batching import BatchTransform, make_loader
+from .data import check_labels, load_dataset, split_train_val
 from .errors import BnppError, CodecError, RunError
 from .files import atomic_write, write_json
 from .pipeline import (BACKBONE_FILE, CODEC_FILE, CONFIG_FILE, FINETUNED_FILE, METRICS_FILE, ChannelConfig,
