@@ -154,3 +154,14 @@ def test_predict_refuses_the_other_channels_condition(tmp_path):
     r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--erasure", "0.01"])
     assert r.exit_code == 2 and "--erasure does not apply to this export's channel 'awgn'" in r.output
     assert "use --snr" in r.output
+
+
+def test_erasure_flag_drives_every_digital_channel(tmp_path):
+    tiny_run(tmp_path, channel="bsc", condition=0.01)
+    export_halves(tmp_path / "run", tmp_path / "deploy")
+    img = tmp_path / "i.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--erasure", "0.05"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--snr", "10"])
+    assert r.exit_code == 2 and "--snr does not apply to this export's channel 'bsc'" in r.output

@@ -46,10 +46,12 @@ def check_condition(half, condition: float | None, condition_name: str | None) -
     if condition is None:
         return 0.0
     own = half.channel.condition_name
-    if condition_name is not None and own is not None and condition_name != own:
-        flag = {"snr_db": "--snr", "erasure": "--erasure"}
-        raise ChannelError(f"{flag.get(condition_name, condition_name)} does not apply to this export's channel "
-                           f"'{half.channel.name}'", hint=f"use {flag.get(own, own)}")
+    # --snr names analog channels' PSNR; --erasure any digital channel's bit probability (bec, bsc)
+    if condition_name is not None and own is not None and (condition_name == "snr_db") != (own == "snr_db"):
+        flag = "--snr" if condition_name == "snr_db" else "--erasure"
+        other = "--erasure" if flag == "--snr" else "--snr"
+        raise ChannelError(f"{flag} does not apply to this export's channel '{half.channel.name}'",
+                           hint=f"use {other}")
     return half.param_from_condition(condition)
 
 
