@@ -88,6 +88,21 @@ def topk_sparse(f, k):
     return out.view_as(f)
 
 
+def encoder_macs(run_dir) -> int:
+    """MACs of a fitted run's encoder for one image (it runs on the device, after the head)."""
+    from bnpp_cli.compute import count_macs
+    from bnpp_cli.pipeline import load_run
+
+    run = load_run(run_dir)
+    encoder = run.pipeline.codec.encoder.eval()
+
+    class OneInput(torch.nn.Module):
+        def forward(self, f):
+            return encoder(f, 0.0)
+
+    return count_macs(OneInput(), torch.zeros(1, *run.config.feature_shape))
+
+
 def accuracy(tail, feats, labels, fn):
     hits = 0
     with torch.no_grad():
@@ -109,6 +124,8 @@ def main() -> int:
     ap.add_argument("--train-limit", type=int, default=None,
                     help="training images per fit (default: 10,000; --quick: 5,000)")
     ap.add_argument("--epochs", type=int, default=None, help="codec epochs per fit (default: 3; --quick: 1)")
+    ap.add_argument("--name", default=None,
+                    help="results file stem (default: rate_accuracy, or rate_accuracy_quick with --quick)")
     ap.add_argument("--plot-only", metavar="RESULTS_JSON", help="only redraw the plots of a results file")
     args = ap.parse_args()
     if args.plot_only:
@@ -139,7 +156,7 @@ def main() -> int:
     draws = 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "rate_accuracy_quick" if quick else "rate_accuracy"
+    tag = args.name or ("rate_accuracy_quick" if quick else "rate_accuracy")
     runs = out / "runs" / tag
     t_start = time.perf_counter()
     code_commit = commit()  # the code that runs, even if HEAD moves while the benchmark does
@@ -171,10 +188,13 @@ def main() -> int:
         if final:
             print(f"wrote {out / tag}.json/.csv/.png in {wall / 60:.1f} min", flush=True)
 
-    def add(method, split, ratio, bit_ratio, channel, condition, top1, device_macs, payload_bits, fit_seconds=0.0):
+    def add(method, split, ratio, bit_ratio, channel, condition, top1, device_macs, payload_bits, fit_seconds=0.0,
+            encoder_macs=0):
+        # device_macs = the head's MACs + the encoder's (the encoder runs on the device too)
         rows.append({"method": method, "split": split, "ratio": ratio, "bit_ratio": bit_ratio, "channel": channel,
                      "condition": condition, "top1": top1, "drop": 100 * (backbone_top1 - top1),
-                     "device_macs": device_macs, "payload_bits": payload_bits, "fit_seconds": fit_seconds})
+                     "device_macs": device_macs + encoder_macs, "encoder_macs": encoder_macs,
+                     "payload_bits": payload_bits, "fit_seconds": fit_seconds})
         print(f"{method:22s} {split:7s} bw {ratio:6.1f}x bits {bit_ratio:7.1f}x {channel:8s} "
               f"{json.dumps(condition):20s} top-1 {100 * top1:6.2f}  drop {100 * (backbone_top1 - top1):6.2f}",
               flush=True)
@@ -241,9 +261,12 @@ def main() -> int:
                 # analog rows: payload counted as float32 symbols; digital rows: 8-bit symbols
                 bits = 8 * ev.code_symbols if channel == "bec" else 32 * ev.code_symbols
                 label = "bottlenetpp-faithful" if method == "faithful" else "bnpp-best"
+                enc_macs = encoder_macs(runs / name)
+                epochs_done = json.loads((runs / name / "metrics.json").read_text())["epochs"]
                 for r in ev.results:
                     add(label, split, ev.bandwidth_ratio, 32 * n / bits, channel, r["condition"], r["top1_mean"],
-                        device_macs, bits, fit_seconds)
+                        device_macs, bits, fit_seconds, enc_macs)
+                    rows[-1].update(train_images=epochs_done[0]["images"], epochs=len(epochs_done))
                 save()
     save(final=True)
     return 0
@@ -252,7 +275,8 @@ def main() -> int:
 def write_results(out: Path, tag: str, result: dict) -> None:
     (out / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     with open(out / f"{tag}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(result["rows"][0]))
+        fields = list(dict.fromkeys(k for r in result["rows"] for k in r))  # learned rows add keys
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for r in result["rows"]:
             w.writerow({**r, "condition": json.dumps(r["condition"])})

@@ -84,10 +84,35 @@ def test_presets_and_activation_defaults():
     assert set(CODEC_PRESETS) == {"bottlenetpp", "bnpp"}
     cfg = plan_codec((64, 8, 8), ratio=8)
     assert cfg.preset == "bnpp" and cfg.decoder_condition
-    assert cfg.hidden_channels == default_hidden_channels(64, 8) == 32
+    assert cfg.hidden_channels == default_hidden_channels(64, 8) == 64 and cfg.encoder_blocks == 1
     assert cfg.output_activation == "relu"
     assert plan_codec((64, 8, 8), ratio=8, feature_nonnegative=False).output_activation == "none"
-    assert default_hidden_channels(2048, 32) == 128 and default_hidden_channels(64, 1) == 16
+    assert default_hidden_channels(2048, 32) == 128 and default_hidden_channels(128, 2) == 64
+    assert default_hidden_channels(16, 1) == 16 and default_hidden_channels(512, 64) == 256
+    paper = plan_codec((64, 8, 8), ratio=8, preset="bottlenetpp")
+    assert paper.encoder_blocks == 0 and paper.hidden_channels is None and not paper.decoder_condition
+
+
+def test_encoder_blocks_are_residual_and_validated():
+    from bnpp_cli.codec import ResidualBlock
+
+    cfg = plan_codec((128, 4, 4), ratio=64, encoder_blocks=2)
+    codec = build_codec(cfg)
+    blocks = [m for m in codec.encoder.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 2 and not any(isinstance(m, ResidualBlock) for m in codec.decoder.modules())
+    block = blocks[0].eval()
+    for m in block.body:  # zero the residual branch: the block is then relu(identity)
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.zeros_(m.weight)
+    x = torch.randn(3, 64, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(block(x), torch.relu(x))
+    assert build_codec(plan_codec((128, 4, 4), ratio=64, encoder_blocks=0)).encoder.body[3].kernel_size == (3, 3)
+    with pytest.raises(CodecError, match="encoder_blocks -1 must be an integer >= 0"):
+        plan_codec((128, 4, 4), ratio=64, encoder_blocks=-1)
+    with pytest.raises(CodecError, match="only the bnpp preset"):
+        plan_codec((128, 4, 4), ratio=64, encoder_blocks=1, preset="bottlenetpp")
+    old = {k: v for k, v in cfg.to_dict().items() if k != "encoder_blocks"}  # a config from before the field
+    assert CodecConfig.from_dict(old).encoder_blocks == 0
 
 
 def test_config_round_trip():

@@ -149,6 +149,26 @@ def _cli_error(args, *needles):
     return r.output
 
 
+def test_cosine_schedule_decays_to_zero_and_presets_pick_their_recipe(tmp_path):
+    from bnpp_cli.train import FitConfig, resolve_recipe, scheduled_lr
+
+    assert scheduled_lr(1e-3, "cosine", 0, 100) == 1e-3
+    assert scheduled_lr(1e-3, "cosine", 50, 100) == pytest.approx(5e-4, rel=1e-12)
+    assert scheduled_lr(1e-3, "cosine", 100, 100) == pytest.approx(0.0, abs=1e-18)
+    assert scheduled_lr(1e-3, "constant", 77, 100) == 1e-3
+    lrs = [scheduled_lr(1.0, "cosine", i, 10) for i in range(11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing
+    from bnpp_cli.backbone import BackboneConfig
+
+    bb = BackboneConfig("test_resnet")
+    best = resolve_recipe(FitConfig(backbone=bb, split="layer2", data="d", out="o"))
+    paper = resolve_recipe(FitConfig(backbone=bb, split="layer2", data="d", out="o", preset="bottlenetpp"))
+    assert (best.lr, best.batch_size, best.distill, best.lr_schedule) == (1e-3, 64, 1.0, "cosine")
+    assert (paper.lr, paper.batch_size, paper.distill, paper.lr_schedule) == (1e-4, 32, 0.0, "constant")
+    mine = resolve_recipe(FitConfig(backbone=bb, split="layer2", data="d", out="o", lr_schedule="constant", lr=0.1))
+    assert (mine.lr, mine.lr_schedule, mine.batch_size) == (0.1, "constant", 64)  # explicit values win
+
+
 def test_fit_bad_input_is_one_line_and_writes_nothing(tmp_path):
     data = tiny_npz(tmp_path / "d.npz")
     base = ["fit", "test_resnet", "--img-size", "32", "--num-classes", "10", "--data", str(data), "--codec-epochs", "1"]
@@ -160,6 +180,7 @@ def test_fit_bad_input_is_one_line_and_writes_nothing(tmp_path):
     _cli_error(base + ["--split", "layer9", "--out", str(out)], "'layer9'", "layer2")
     _cli_error(base + ["--split", "global_pool", "--out", str(out)], "global_pool", "token feature")
     _cli_error(base + ["--split", "layer4", "--ratio", "1000", "--out", str(out)], "ratio", "1000")
+    _cli_error(base + ["--split", "layer2", "--lr-schedule", "step", "--out", str(out)], "'step'", "cosine", "constant")
     wrong = tiny_npz(tmp_path / "wrong.npz", classes=10)
     _cli_error(["fit", "test_resnet", "--img-size", "32", "--num-classes", "5", "--data", str(wrong), "--split",
                 "layer2", "--out", str(out)], "num-classes")

@@ -223,6 +223,8 @@ def fit(
     code_channels: Annotated[Optional[int], typer.Option(help="C' directly (overrides --ratio).")] = None,
     preset: Annotated[str, typer.Option(help="Codec preset: bnpp (default) or bottlenetpp (the paper's).")] = "bnpp",
     hidden_channels: Annotated[Optional[int], typer.Option(help="bnpp preset: width of its extra layers.")] = None,
+    encoder_blocks: Annotated[Optional[int], typer.Option(
+        help="bnpp preset: residual blocks in the encoder (device side) [1].")] = None,
     spatial_reduction: Annotated[Optional[bool], typer.Option(
         "--spatial-reduction/--no-spatial-reduction", help="Halve H and W in the encoder (default: only if needed).")] = None,
     val_data: Annotated[Optional[str], typer.Option(help="Validation images (default: a split of --data).")] = None,
@@ -233,6 +235,8 @@ def fit(
     joint_epochs: Annotated[int, typer.Option(help="Epochs fine-tuning everything afterwards.")] = 0,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate, phase codec [preset's: bnpp 1e-3, bottlenetpp 1e-4].")] = None,
     joint_lr: Annotated[float, typer.Option(help="Adam learning rate, phase joint.")] = 1e-5,
+    lr_schedule: Annotated[Optional[str], typer.Option(
+        help="cosine (to 0 over each phase) or constant [preset's: bnpp cosine, bottlenetpp constant].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size per process [preset's: 64 / 32].")] = None,
     distill: Annotated[Optional[float], typer.Option(help="Weight of distillation from the uncut model [preset's: 1 / 0].")] = None,
     augment: Annotated[bool, typer.Option(help="Random crop + flip.")] = True,
@@ -257,9 +261,10 @@ def fit(
         backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size), split=split, data=data,
         out=str(out), channel=ChannelConfig(channel, list(cond) if isinstance(cond, tuple) else cond, bits),
         ratio=ratio, code_channels=code_channels, preset=preset, hidden_channels=hidden_channels,
+        encoder_blocks=encoder_blocks,
         spatial_reduction=spatial_reduction, val_data=val_data, val_fraction=val_fraction,
         data_root=data_root, limit=limit, codec_epochs=codec_epochs, joint_epochs=joint_epochs, lr=lr,
-        joint_lr=joint_lr, batch_size=batch_size, distill=distill, augment=augment, device=device,
+        joint_lr=joint_lr, lr_schedule=lr_schedule, batch_size=batch_size, distill=distill, augment=augment, device=device,
         seed=seed, resume=resume,
     )
     result = fit_codec(config, callback=_FitProgress())

@@ -22,9 +22,12 @@ Presets (``CODEC_PRESETS``):
 - ``bottlenetpp``: the paper. Encoder Conv3x3(C+1 -> C') [Conv2x2 stride 2 with spatial
   reduction] -> BN -> sigmoid. Decoder Conv3x3(C' -> C) [ConvTranspose2x2 stride 2] -> BN -> ReLU.
   The decoder pairing is the intended one; the official code swaps the two branches (a bug).
-- ``bnpp``: two conv layers per side with ``hidden_channels`` in between (BN + ReLU), the
-  condition plane fed to the decoder too; the encoder still ends in BN -> sigmoid; the decoder
-  ends in a biased conv and the output activation.
+- ``bnpp``: two conv layers per side with ``hidden_channels`` in between (BN + ReLU), plus
+  ``encoder_blocks`` residual blocks (He et al. 2016: two 3x3 convs with BN, identity skip) at
+  that width in the encoder, the condition plane fed to the decoder too; the encoder still ends in
+  BN -> sigmoid; the decoder ends in a biased conv and the output activation. Encoder depth is
+  where accuracy came from at early splits (benchmarks/rate_accuracy.py; the encoder runs on the
+  device, so its MACs are counted as device compute there).
 
 Odd H or W with spatial reduction: the encoder zero-pads right / bottom to even, H' = ceil(H/2),
 and the decoder crops back to (H, W). Compression is counted on real symbols:
@@ -59,11 +62,16 @@ def _check_preset(preset: str) -> None:
 
 
 def default_hidden_channels(in_channels: int, code_channels: int) -> int:
-    """bnpp hidden width: 4 C' (at least 16) but never above C, and never below C'.
+    """bnpp hidden width: 4 C' (at least 64) but never above C, and never below C'.
 
-    4 C' gives each side room to mix before the bottleneck; capping at C keeps the codec small
-    next to a wide backbone (C = 2048, C' = 32 -> 128)."""
-    return max(code_channels, min(in_channels, max(4 * code_channels, 16)))
+    4 C' gives each side room to mix before the bottleneck; the floor of 64 matters at high
+    ratios, where C' is 1-4 (resnet18 layer2 at 64x: width 16 lost 1.2 points more than 64,
+    and 128 gained nothing over 64); capping at C keeps the codec small next to a wide
+    backbone (C = 2048, C' = 32 -> 128)."""
+    return max(code_channels, min(in_channels, max(4 * code_channels, 64)))
+
+
+DEFAULT_ENCODER_BLOCKS = 1  # bnpp preset, set by plan_codec
 
 
 @dataclass
@@ -78,6 +86,7 @@ class CodecConfig:
     hidden_channels: int | None = None  # bnpp inner width; None -> default_hidden_channels
     output_activation: str = "relu"  # "relu" for a non-negative feature (post-ReLU), else "none"
     decoder_condition: bool = False  # feed the channel parameter to the decoder too
+    encoder_blocks: int = 0  # bnpp: residual blocks in the encoder (plan_codec's default: 1)
 
     def __post_init__(self) -> None:
         _check_preset(self.preset)
@@ -93,6 +102,11 @@ class CodecConfig:
             self.hidden_channels = default_hidden_channels(self.in_channels, self.code_channels)
         if self.hidden_channels is not None and self.hidden_channels < 1:
             raise CodecError(f"hidden_channels {self.hidden_channels} must be >= 1")
+        if int(self.encoder_blocks) != self.encoder_blocks or self.encoder_blocks < 0:
+            raise CodecError(f"encoder_blocks {self.encoder_blocks} must be an integer >= 0")
+        if self.encoder_blocks and self.preset != "bnpp":
+            raise CodecError(f"encoder_blocks {self.encoder_blocks}: only the bnpp preset has residual blocks "
+                             f"(preset {self.preset!r} is the paper's one-conv encoder)")
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -139,7 +153,8 @@ def _largest_ratio(c: int, h: int, w: int, spatial: bool) -> float:
 def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
                code_channels: int | None = None, spatial_reduction: bool | None = None,
                preset: str = "bnpp", output_activation: str | None = None,
-               feature_nonnegative: bool = True, hidden_channels: int | None = None) -> CodecConfig:
+               feature_nonnegative: bool = True, hidden_channels: int | None = None,
+               encoder_blocks: int | None = None) -> CodecConfig:
     """Choose C' (and whether to halve H, W) for a target bandwidth ratio or a given C'.
 
     ``ratio`` R with ``spatial_reduction=None`` (auto): no reduction with C' = round(C / R) when
@@ -185,7 +200,9 @@ def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
     return CodecConfig(preset=preset, in_channels=c, feature_hw=(h, w), code_channels=c_code,
                        spatial_reduction=spatial, output_activation=output_activation,
                        decoder_condition=(preset == "bnpp"),
-                       hidden_channels=hidden_channels if preset == "bnpp" else None)
+                       hidden_channels=hidden_channels if preset == "bnpp" else None,
+                       encoder_blocks=(DEFAULT_ENCODER_BLOCKS if encoder_blocks is None else encoder_blocks)
+                       if preset == "bnpp" else (encoder_blocks or 0))
 
 
 def _condition_plane(param: Param, like: Tensor) -> Tensor:
@@ -226,12 +243,28 @@ def _bottlenetpp_layers(cfg: CodecConfig) -> tuple[nn.Sequential, nn.Sequential]
     return encoder, decoder
 
 
+class ResidualBlock(nn.Module):
+    """x -> relu(x + BN(conv3x3(relu(BN(conv3x3(x)))))), width preserved (ResNet basic block)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x + self.body(x))
+
+
 def _bnpp_layers(cfg: CodecConfig) -> tuple[nn.Sequential, nn.Sequential]:
     c, k, s = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction
     hid = cfg.hidden_channels or default_hidden_channels(c, k)
     encoder = nn.Sequential(
         nn.Conv2d(c + 1, hid, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(hid),
         nn.ReLU(inplace=True),
+        *[ResidualBlock(hid) for _ in range(cfg.encoder_blocks)],
         _down(hid, k, s), nn.BatchNorm2d(k), nn.Sigmoid(),
     )
     decoder = nn.Sequential(

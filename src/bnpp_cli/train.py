@@ -16,6 +16,7 @@ never prints: progress goes to a callback. After every epoch a checkpoint makes 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import time
@@ -50,6 +51,7 @@ class FitConfig:
     spatial_reduction: bool | None = None  # None: only when the ratio needs it
     preset: str = "bnpp"  # codec architecture; "bottlenetpp" is the paper's
     hidden_channels: int | None = None  # bnpp preset: width of the extra layer (None: the preset's default)
+    encoder_blocks: int | None = None  # bnpp preset: residual blocks in the encoder (None: the preset's default)
     val_data: str | None = None  # held-out images; default: val_fraction of --data
     val_fraction: float = 0.1
     data_root: str | None = None  # where torchvision datasets live / are downloaded
@@ -58,6 +60,7 @@ class FitConfig:
     joint_epochs: int = 0
     lr: float | None = None  # Adam, phase codec; None: the preset's recipe (RECIPES)
     joint_lr: float = 1e-5  # fine-tuning everything: 10x below the paper's codec lr
+    lr_schedule: str | None = None  # "cosine" (per step, to 0 over each phase) or "constant"; None: the recipe
     batch_size: int | None = None  # per process; None: the preset's recipe
     distill: float | None = None  # weight of KL(uncut model || pipeline); None: the preset's recipe
     augment: bool = True  # random crop + flip
@@ -74,10 +77,19 @@ class FitConfig:
 # bottlenetpp: the paper's (Adam 1e-4, batch 32, cross-entropy only). bnpp: what won in
 # benchmarks/rate_accuracy.py: 10x higher lr (the codec is small and starts from scratch) and
 # distillation from the uncut model's logits, which keeps the cut model close to the one brought.
-RECIPES: dict[str, dict[str, float | int]] = {
-    "bottlenetpp": {"lr": 1e-4, "batch_size": 32, "distill": 0.0},
-    "bnpp": {"lr": 1e-3, "batch_size": 64, "distill": 1.0},
+RECIPES: dict[str, dict[str, float | int | str]] = {
+    "bottlenetpp": {"lr": 1e-4, "batch_size": 32, "distill": 0.0, "lr_schedule": "constant"},
+    "bnpp": {"lr": 1e-3, "batch_size": 64, "distill": 1.0, "lr_schedule": "cosine"},
 }
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def scheduled_lr(base: float, schedule: str, step: int, steps: int) -> float:
+    """Learning rate at optimizer step ``step`` of ``steps`` in a phase: constant, or cosine
+    decay from ``base`` to 0 (Loshchilov & Hutter, SGDR, without restarts)."""
+    if schedule == "constant" or steps <= 1:
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def resolve_recipe(config: FitConfig) -> FitConfig:
@@ -148,7 +160,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     codec_cfg = plan_codec(point.shape, ratio=config.ratio if config.code_channels is None else None,
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
                            preset=config.preset, feature_nonnegative=nonneg,
-                           hidden_channels=config.hidden_channels)
+                           hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks)
     torch.manual_seed(config.seed)
     codec = build_codec(codec_cfg)
     pipeline = SplitPipeline(head, codec, channel, tail).to(device)
@@ -185,6 +197,8 @@ def _check_numbers(c: FitConfig) -> None:
     bad = [(k, v) for k, v in (("--codec-epochs", c.codec_epochs), ("--joint-epochs", c.joint_epochs)) if v < 0]
     bad += [(k, v) for k, v in (("--lr", c.lr), ("--joint-lr", c.joint_lr), ("--batch-size", c.batch_size)) if not v > 0]
     bad += [("--distill", c.distill)] if c.distill < 0 else []
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise BnppError(f"unknown --lr-schedule {c.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
     bad += [("--limit", c.limit)] if c.limit is not None and c.limit < 1 else []
     if bad:
         raise BnppError(f"{bad[0][0]} {bad[0][1]} is out of range", hint="epochs >= 0; lr, batch size > 0")
@@ -303,6 +317,8 @@ class _Trainer:
         aug_gen = torch.Generator().manual_seed(self.c.seed * 104729 + step * 17 + self.rank)
         channel = self.pipeline.channel
         total, correct, loss_sum, seen = len(loader), 0, 0.0, 0
+        phase_epochs = sum(1 for q, _ in self._phase_plan() if q == phase)
+        base_lr = self.c.lr if phase == "codec" else self.c.joint_lr
         self.cb("epoch_start", {"phase": phase, "epoch": epoch, "batches": total})
         t0 = time.perf_counter()
         amp = self.c.amp and self.device.type == "cuda"
@@ -310,6 +326,9 @@ class _Trainer:
             x = self.train_tf(x, generator=aug_gen).to(self.device, non_blocking=True)
             y = y.to(self.device)
             param = channel.sample_param(x.shape[0], generator=gen, device=self.device)
+            lr = scheduled_lr(base_lr, self.c.lr_schedule, epoch * total + i, phase_epochs * total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 if phase == "codec":
                     with torch.no_grad():
