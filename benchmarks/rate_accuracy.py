@@ -177,6 +177,7 @@ def main() -> int:
         backbone_top1 = sum(int((backbone.model(x).argmax(1) == y).sum()) for x, y in batches) / len(test)
 
     rows: list[dict] = []
+    reused: list[str] = []  # fits found finished in the runs folder (an earlier invocation), evaluated again
     cuts: dict[str, tuple[int, int]] = {}
 
     def save(final: bool = False) -> None:
@@ -184,7 +185,7 @@ def main() -> int:
         write_results(out, tag, {
             "backbone_top1": backbone_top1, "commit": code_commit, "machine": machine(), "seeds": [args.seed],
             "wall_seconds": wall, "complete": final, "quick": quick, "test_images": len(test),
-            "train_limit": train_limit, "epochs": epochs, "draws": draws, "rows": rows})
+            "train_limit": train_limit, "epochs": epochs, "draws": draws, "reused_fits": reused, "rows": rows})
         if final:
             print(f"wrote {out / tag}.json/.csv/.png in {wall / 60:.1f} min", flush=True)
 
@@ -248,8 +249,9 @@ def main() -> int:
                                 out=str(runs / name), channel=ChannelConfig(channel, train_cond), ratio=ratio,
                                 limit=train_limit, device=args.device, seed=args.seed, **recipe)
                 try:
-                    if (runs / name / "codec.safetensors").is_file():  # finished before: reuse
+                    if (runs / name / "codec.safetensors").is_file():  # finished before: reuse, and say so
                         fit_seconds = json.loads((runs / name / "metrics.json").read_text())["seconds"]
+                        reused.append(name)
                     else:
                         fit_seconds = fit_codec(cfg).seconds
                 except Exception as e:  # an infeasible ratio at this split (e.g. C' < 1)

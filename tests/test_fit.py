@@ -164,9 +164,21 @@ def test_cosine_schedule_decays_to_zero_and_presets_pick_their_recipe(tmp_path):
     best = resolve_recipe(FitConfig(backbone=bb, split="layer2", data="d", out="o"))
     paper = resolve_recipe(FitConfig(backbone=bb, split="layer2", data="d", out="o", preset="bottlenetpp"))
     assert (best.lr, best.batch_size, best.distill, best.lr_schedule) == (1e-3, 64, 1.0, "cosine")
+    assert best.distill_temperature == 4.0
     assert (paper.lr, paper.batch_size, paper.distill, paper.lr_schedule) == (1e-4, 32, 0.0, "constant")
     mine = resolve_recipe(FitConfig(backbone=bb, split="layer2", data="d", out="o", lr_schedule="constant", lr=0.1))
     assert (mine.lr, mine.lr_schedule, mine.batch_size) == (0.1, "constant", 64)  # explicit values win
+
+
+def test_distillation_loss_is_scaled_kl_and_zero_for_equal_logits():
+    from bnpp_cli.train import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    assert distillation_loss(t, t, 4.0).abs() < 1e-6
+    p, q = torch.softmax(t / 4, 1), torch.softmax(s / 4, 1)
+    expected = 16 * (p * (p.log() - q.log())).sum(1).mean()
+    assert torch.allclose(distillation_loss(s, t, 4.0), expected, rtol=1e-5)
 
 
 def test_fit_bad_input_is_one_line_and_writes_nothing(tmp_path):
@@ -181,6 +193,7 @@ def test_fit_bad_input_is_one_line_and_writes_nothing(tmp_path):
     _cli_error(base + ["--split", "global_pool", "--out", str(out)], "global_pool", "token feature")
     _cli_error(base + ["--split", "layer4", "--ratio", "1000", "--out", str(out)], "ratio", "1000")
     _cli_error(base + ["--split", "layer2", "--lr-schedule", "step", "--out", str(out)], "'step'", "cosine", "constant")
+    _cli_error(base + ["--split", "layer2", "--distill-temperature", "0", "--out", str(out)], "--distill-temperature 0")
     wrong = tiny_npz(tmp_path / "wrong.npz", classes=10)
     _cli_error(["fit", "test_resnet", "--img-size", "32", "--num-classes", "5", "--data", str(wrong), "--split",
                 "layer2", "--out", str(out)], "num-classes")

@@ -239,6 +239,8 @@ def fit(
         help="cosine (to 0 over each phase) or constant [preset's: bnpp cosine, bottlenetpp constant].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size per process [preset's: 64 / 32].")] = None,
     distill: Annotated[Optional[float], typer.Option(help="Weight of distillation from the uncut model [preset's: 1 / 0].")] = None,
+    distill_temperature: Annotated[Optional[float], typer.Option(
+        help="Softmax temperature of the distillation [preset's: bnpp 4].")] = None,
     augment: Annotated[bool, typer.Option(help="Random crop + flip.")] = True,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
@@ -264,7 +266,8 @@ def fit(
         encoder_blocks=encoder_blocks,
         spatial_reduction=spatial_reduction, val_data=val_data, val_fraction=val_fraction,
         data_root=data_root, limit=limit, codec_epochs=codec_epochs, joint_epochs=joint_epochs, lr=lr,
-        joint_lr=joint_lr, lr_schedule=lr_schedule, batch_size=batch_size, distill=distill, augment=augment, device=device,
+        joint_lr=joint_lr, lr_schedule=lr_schedule, batch_size=batch_size, distill=distill,
+        distill_temperature=distill_temperature, augment=augment, device=device,
         seed=seed, resume=resume,
     )
     result = fit_codec(config, callback=_FitProgress())

@@ -63,6 +63,7 @@ class FitConfig:
     lr_schedule: str | None = None  # "cosine" (per step, to 0 over each phase) or "constant"; None: the recipe
     batch_size: int | None = None  # per process; None: the preset's recipe
     distill: float | None = None  # weight of KL(uncut model || pipeline); None: the preset's recipe
+    distill_temperature: float | None = None  # softmax temperature T of that KL (scaled by T^2); None: recipe
     augment: bool = True  # random crop + flip
     device: str = "cpu"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -78,8 +79,8 @@ class FitConfig:
 # benchmarks/rate_accuracy.py: 10x higher lr (the codec is small and starts from scratch) and
 # distillation from the uncut model's logits, which keeps the cut model close to the one brought.
 RECIPES: dict[str, dict[str, float | int | str]] = {
-    "bottlenetpp": {"lr": 1e-4, "batch_size": 32, "distill": 0.0, "lr_schedule": "constant"},
-    "bnpp": {"lr": 1e-3, "batch_size": 64, "distill": 1.0, "lr_schedule": "cosine"},
+    "bottlenetpp": {"lr": 1e-4, "batch_size": 32, "distill": 0.0, "distill_temperature": 1.0, "lr_schedule": "constant"},
+    "bnpp": {"lr": 1e-3, "batch_size": 64, "distill": 1.0, "distill_temperature": 4.0, "lr_schedule": "cosine"},
 }
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -90,6 +91,14 @@ def scheduled_lr(base: float, schedule: str, step: int, steps: int) -> float:
     if schedule == "constant" or steps <= 1:
         return base
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(teacher / T) || softmax(logits / T)), batch mean (Hinton et al., 2015: the
+    T^2 keeps the gradient scale independent of T)."""
+    t = float(temperature)
+    return t * t * F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(teacher.float() / t, 1),
+                            log_target=True, reduction="batchmean")
 
 
 def resolve_recipe(config: FitConfig) -> FitConfig:
@@ -197,6 +206,7 @@ def _check_numbers(c: FitConfig) -> None:
     bad = [(k, v) for k, v in (("--codec-epochs", c.codec_epochs), ("--joint-epochs", c.joint_epochs)) if v < 0]
     bad += [(k, v) for k, v in (("--lr", c.lr), ("--joint-lr", c.joint_lr), ("--batch-size", c.batch_size)) if not v > 0]
     bad += [("--distill", c.distill)] if c.distill < 0 else []
+    bad += [("--distill-temperature", c.distill_temperature)] if not c.distill_temperature > 0 else []
     if c.lr_schedule not in LR_SCHEDULES:
         raise BnppError(f"unknown --lr-schedule {c.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
     bad += [("--limit", c.limit)] if c.limit is not None and c.limit < 1 else []
@@ -341,9 +351,7 @@ class _Trainer:
                     logits = ddp(x, param, gen)
                 loss = F.cross_entropy(logits.float(), y)
                 if teacher is not None:
-                    loss = loss + self.c.distill * F.kl_div(F.log_softmax(logits.float(), 1),
-                                                            F.log_softmax(teacher.float(), 1),
-                                                            log_target=True, reduction="batchmean")
+                    loss = loss + self.c.distill * distillation_loss(logits, teacher, self.c.distill_temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
