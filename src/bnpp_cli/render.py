@@ -55,10 +55,18 @@ def render_fit(result) -> None:
     last = result.epochs[-1] if result.epochs else {}
     cfg = result.config
     codec = cfg.codec
-    console.print(f"Run [bold]{result.run}[/]: {cfg.model} split at {cfg.split} {tuple(cfg.feature_shape)}, "
-                  f"codec {codec['preset']} -> code ({codec['code_channels']}, ...), channel {cfg.channel['name']}")
+    from .codec import CodecConfig
+
+    cc = CodecConfig.from_dict(codec)
+    fit = cfg.fit or {}
+    console.print(f"Run [bold]{result.run}[/]: {cfg.model} split at {cfg.split} {'x'.join(map(str, cfg.feature_shape))}, "
+                  f"codec {cc.preset} -> code {'x'.join(map(str, cc.code_shape))} ({cc.bandwidth_ratio:g}x), "
+                  f"channel {cfg.channel['name']}")
+    if fit.get("lr") is not None:
+        kd = f", distillation {fit['distill']:g} at T={fit.get('distill_temperature', 1):g}" if fit.get("distill") else ""
+        console.print(f"Recipe: Adam {fit['lr']:g} ({fit.get('lr_schedule', 'constant')}), batch {fit['batch_size']}{kd}")
     if "val_top1_noiseless" in last:
-        console.print(f"Validation top-1 after {len(result.epochs)} epochs: {last['val_top1_noiseless']:.2%} "
+        console.print(f"Validation top-1 after {len(result.epochs)} epoch{'s' * (len(result.epochs) != 1)}: {last['val_top1_noiseless']:.2%} "
                       f"noiseless link, {last['val_top1_worst']:.2%} at the worst training condition; "
                       f"{result.seconds:.0f} s")
     console.print(f"Next: bnpp eval {result.run} --data TEST_DATA")
