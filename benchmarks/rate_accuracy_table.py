@@ -15,9 +15,15 @@ d = json.loads(path.read_text())
 rows, base = d["rows"], 100 * d["backbone_top1"]
 splits = list(dict.fromkeys(r["split"] for r in rows))
 m = d["machine"]
+used = sorted({r["train_images"] for r in rows if "train_images" in r})  # what the fits really saw
+if not used:  # results files from before rows recorded it: the limit asked for
+    images = f"{d['train_limit']} training images"
+else:
+    images = f"{used[0]}{'' if used[0] == used[-1] else f'-{used[-1]}'} training images"
+reused = f"; {len(d['reused_fits'])} fits reused from an earlier invocation" if d.get("reused_fits") else ""
 print(f"Backbone top-1 {base:.2f} % on {d['test_images']} test images; commit {d['commit']}; {m['cores']} cores, "
-      f"torch {m['torch']}; seeds {d['seeds']}; {d['train_limit']} training images, {d['epochs']} epochs per fit; "
-      f"{d['draws']} noise draws; wall {d['wall_seconds'] / 60:.0f} min; complete: {d.get('complete', True)}.\n")
+      f"torch {m['torch']}; seeds {d['seeds']}; {images}, {d['epochs']} epochs per fit; "
+      f"{d['draws']} noise draws; wall {d['wall_seconds'] / 60:.0f} min; complete: {d.get('complete', True)}{reused}.\n")
 
 
 def cell(method, split, ratio, channel, cond):
@@ -29,8 +35,8 @@ def cell(method, split, ratio, channel, cond):
 
 
 print("Headline: top-1 drop (points) at 64x bandwidth; device MACs = head + encoder (AWGN 64x codec).\n")
-print("| split | device MACs | method | AWGN 20 dB, 64x | AWGN 10 dB, 64x | BEC p=0.01, 256x bits |")
-print("|---|---|---|---|---|---|")
+print("| split | device MACs | method | AWGN 20 dB, 64x | AWGN 10 dB, 64x | BEC p=0.01, 256x bits | fit s (AWGN, BEC) |")
+print("|---|---|---|---|---|---|---|")
 for split in splits:
     for method in ("bottlenetpp-faithful", "bnpp-best"):
         vals = [cell(method, split, 64.0, ch, c) for ch, c in
@@ -38,7 +44,8 @@ for split in splits:
         if any(vals):
             macs = next(v["device_macs"] for v in vals if v)
             txt = [f"{v['drop']:.2f}" if v else "not run" for v in vals]
-            print(f"| {split} | {macs / 1e6:.1f} M | {method} | " + " | ".join(txt) + " |")
+            fit = ", ".join(f"{v['fit_seconds']:.0f}" if v else "-" for v in (vals[0], vals[2]))
+            print(f"| {split} | {macs / 1e6:.1f} M | {method} | " + " | ".join(txt) + f" | {fit} |")
 
 ratios = sorted({r["ratio"] for r in rows if r["method"] in ("bnpp-best", "bottlenetpp-faithful")})
 print("\nTop-1 drop (points) at every ratio: AWGN 20 dB (bandwidth ratio) | BEC p=0.01 (bit ratio = 4x). "
