@@ -297,7 +297,8 @@ def plot(result: dict, path: Path) -> None:
     base = 100 * result["backbone_top1"]
     styles = {"bottlenetpp-faithful": "o--", "bnpp-best": "s-", "sparse": "^:"}
     panels = [("awgn", {"snr_db": 20.0}, "AWGN, PSNR 20 dB"), ("bec", {"erasure": 0.01}, "BEC p=0.01 (sparse: error-free)")]
-    fig, axes = plt.subplots(len(panels), len(splits), figsize=(3.2 * len(splits), 5.8), dpi=110, squeeze=False)
+    width = max(3.2 * len(splits), 6.0)  # room for the title when there is one split
+    fig, axes = plt.subplots(len(panels), len(splits), figsize=(width, 5.8), dpi=110, squeeze=False)
     for i, (channel, cond, title) in enumerate(panels):
         for j, split in enumerate(splits):
             ax = axes[i][j]
@@ -321,7 +322,7 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(splits), figsize=(3.2 * len(splits), 3.0), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(splits), figsize=(width, 3.0), dpi=110, squeeze=False)
     for j, split in enumerate(splits):
         ax = axes[0][j]
         for method, style in (("raw-float32", "d:"), ("bottlenetpp-faithful", "o--"), ("bnpp-best", "s-")):
