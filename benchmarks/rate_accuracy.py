@@ -317,6 +317,7 @@ def plot(result: dict, path: Path) -> None:
             ax.set_ylabel("top-1 (%)", fontsize=7)
             ax.tick_params(labelsize=6)
     axes[0][0].legend(fontsize=6)
+    axes[-1][0].legend(fontsize=6)  # the BEC row also has the sparse baseline
     fig.suptitle(f"resnet18 / CIFAR-10: backbone {base:.2f} % (solid), -2 points (dotted)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
