@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 from bnpp_cli.backbone import BackboneConfig, load_backbone
 from bnpp_cli.split import trace_model, split_model
-from bnpp_cli.codec import plan_codec, Encoder, Decoder, Codec, CODEC_PRESETS, _down, _up
+from bnpp_cli.codec import plan_codec, Encoder, Decoder, ResidualBlock as Res, _down, _up
 from bnpp_cli.channels import create_channel
 from bnpp_cli.data import load_dataset
 from bnpp_cli.batching import BatchTransform, make_loader
@@ -58,12 +58,6 @@ for p in list(head.parameters()) + list(tail.parameters()): p.requires_grad_(Fal
 cfg = plan_codec(pt.shape, ratio=a.ratio, preset="bnpp", hidden_channels=a.hidden,
                  spatial_reduction=None if a.spatial < 0 else bool(a.spatial))
 c, k, s, hid = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction, cfg.hidden_channels
-class Res(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.b = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True),
-                               nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch))
-    def forward(self, x): return F.relu(x + self.b(x))
 torch.manual_seed(0)
 enc = nn.Sequential(nn.Conv2d(c + 1, hid, 3, padding=1, bias=False), nn.BatchNorm2d(hid), nn.ReLU(inplace=True),
                     *[Res(hid) for _ in range(a.enc_blocks)], _down(hid, k, s), nn.BatchNorm2d(k), nn.Sigmoid())
