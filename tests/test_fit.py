@@ -114,6 +114,12 @@ def test_interrupted_run_resumes_without_losing_epochs(tmp_path):
         fit_codec(config(), callback=kill_after_second_epoch)
     assert (out / "checkpoint" / "state.pt").is_file() and not (out / "codec.safetensors").exists()
     assert json.loads((out / "metrics.json").read_text())["status"] == "running"
+    other = config(resume=True)
+    other.encoder_blocks = 0  # another codec than the checkpoint's: refused, nothing touched
+    from bnpp_cli.errors import RunError
+
+    with pytest.raises(RunError, match="its codec has encoder_blocks 1, these options give 0"):
+        fit_codec(other)
     events = []
     result = fit_codec(config(resume=True), callback=lambda e, i: events.append((e, i.get("epoch"))))
     assert [e["epoch"] for e in result.epochs] == [0, 1, 2]

@@ -75,9 +75,10 @@ class FitConfig:
 
 
 # Training recipe of each codec preset, used where FitConfig leaves a field None.
-# bottlenetpp: the paper's (Adam 1e-4, batch 32, cross-entropy only). bnpp: what won in
-# benchmarks/rate_accuracy.py: 10x higher lr (the codec is small and starts from scratch) and
-# distillation from the uncut model's logits, which keeps the cut model close to the one brought.
+# bottlenetpp: the paper's (constant Adam 1e-4, batch 32, cross-entropy only). bnpp: what won in
+# benchmarks/codec_ablation.py and benchmarks/rate_accuracy.py: 10x higher lr (the codec is small and
+# starts from scratch) decayed to 0 by a cosine schedule, and distillation from the uncut model's
+# logits at temperature 4, which keeps the cut model close to the one brought.
 RECIPES: dict[str, dict[str, float | int | str]] = {
     "bottlenetpp": {"lr": 1e-4, "batch_size": 32, "distill": 0.0, "distill_temperature": 1.0, "lr_schedule": "constant"},
     "bnpp": {"lr": 1e-3, "batch_size": 64, "distill": 1.0, "distill_temperature": 4.0, "lr_schedule": "cosine"},
@@ -170,6 +171,8 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
                            preset=config.preset, feature_nonnegative=nonneg,
                            hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks)
+    if config.resume:
+        _check_same_codec(out, codec_cfg)
     torch.manual_seed(config.seed)
     codec = build_codec(codec_cfg)
     pipeline = SplitPipeline(head, codec, channel, tail).to(device)
@@ -200,6 +203,20 @@ def _restore_backbone(out: Path, config: FitConfig, model: nn.Module) -> None:
         if found[key] != value:
             raise RunError(f"cannot resume '{out}': it was fitted with {key} {found[key]!r}, not {value!r}")
     model.load_state_dict(read_state_dict(out / BACKBONE_FILE), strict=True)
+
+
+def _check_same_codec(out: Path, codec_cfg) -> None:
+    """Resume only into the codec the run started with (other options, or another bnpp version's
+    defaults, would build a codec its checkpoint does not fit)."""
+    import json
+
+    saved = json.loads((out / CONFIG_FILE).read_text()).get("codec", {})
+    now = codec_cfg.to_dict()
+    diff = sorted(k for k in now if saved.get(k, 0 if k == "encoder_blocks" else None) != now[k])
+    if diff:
+        k = diff[0]
+        raise RunError(f"cannot resume '{out}': its codec has {k} {saved.get(k)!r}, these options give {now[k]!r}",
+                       hint=f"pass the options it was fitted with (see {out / CONFIG_FILE})")
 
 
 def _check_numbers(c: FitConfig) -> None:
