@@ -88,12 +88,10 @@ def topk_sparse(f, k):
     return out.view_as(f)
 
 
-def encoder_macs(run_dir) -> int:
+def encoder_macs(run) -> int:
     """MACs of a fitted run's encoder for one image (it runs on the device, after the head)."""
     from bnpp_cli.compute import count_macs
-    from bnpp_cli.pipeline import load_run
 
-    run = load_run(run_dir)
     encoder = run.pipeline.codec.encoder.eval()
 
     class OneInput(torch.nn.Module):
@@ -142,7 +140,7 @@ def main() -> int:
     from bnpp_cli.batching import BatchTransform, make_loader
     from bnpp_cli.data import load_dataset
     from bnpp_cli.evaluate import EvalConfig, evaluate_run
-    from bnpp_cli.pipeline import ChannelConfig
+    from bnpp_cli.pipeline import ChannelConfig, load_run
     from bnpp_cli.split import split_model, trace_model
     from bnpp_cli.train import FitConfig, fit_codec
 
@@ -250,25 +248,26 @@ def main() -> int:
                                 limit=train_limit, device=args.device, seed=args.seed, **recipe)
                 try:
                     if (runs / name / "codec.safetensors").is_file():  # finished before: reuse, and say so
-                        fit_seconds = json.loads((runs / name / "metrics.json").read_text())["seconds"]
                         reused.append(name)
                     else:
-                        fit_seconds = fit_codec(cfg).seconds
+                        fit_codec(cfg)
                 except Exception as e:  # an infeasible ratio at this split (e.g. C' < 1)
                     print(f"{name}: skipped ({e})", flush=True)
                     continue
+                run = load_run(runs / name)
+                metrics = json.loads((runs / name / "metrics.json").read_text())
+                fit_seconds = metrics["seconds"]
+                enc_macs = encoder_macs(run)  # before evaluate_run moves the pipeline to --device
                 ev = evaluate_run(EvalConfig(run=str(runs / name), data=str(data_dir / "test.npz"),
                                              conditions=eval_conds, draws=draws, limit=test_limit,
-                                             device=args.device, seed=args.seed))
+                                             device=args.device, seed=args.seed), run=run)
                 # analog rows: payload counted as float32 symbols; digital rows: 8-bit symbols
                 bits = 8 * ev.code_symbols if channel == "bec" else 32 * ev.code_symbols
                 label = "bottlenetpp-faithful" if method == "faithful" else "bnpp-best"
-                enc_macs = encoder_macs(runs / name)
-                epochs_done = json.loads((runs / name / "metrics.json").read_text())["epochs"]
                 for r in ev.results:
                     add(label, split, ev.bandwidth_ratio, 32 * n / bits, channel, r["condition"], r["top1_mean"],
                         device_macs, bits, fit_seconds, enc_macs)
-                    rows[-1].update(train_images=epochs_done[0]["images"], epochs=len(epochs_done))
+                    rows[-1].update(train_images=metrics["epochs"][0]["images"], epochs=len(metrics["epochs"]))
                 save()
     save(final=True)
     return 0

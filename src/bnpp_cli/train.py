@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import BackboneConfig, load_backbone
-from .codec import build_codec, plan_codec
+from .codec import CodecConfig, build_codec, plan_codec
 from .batching import BatchTransform, make_loader
 from .data import check_labels, load_dataset, split_train_val
 from .errors import BnppError, CodecError, RunError
@@ -147,8 +147,9 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     channel = config.channel.build()
     torch.manual_seed(config.seed)  # a random-init backbone is reproducible too
     backbone = load_backbone(config.backbone)
-    if config.resume:
-        _restore_backbone(out, config, backbone.model)
+    saved = _read_saved_config(out) if config.resume else None
+    if saved is not None:
+        _restore_backbone(out, saved, config, backbone.model)
     input_size = backbone.input_size
     traced = trace_model(backbone.model, input_size, config.backbone.model)
     point = traced.find(config.split)
@@ -171,8 +172,8 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
                            preset=config.preset, feature_nonnegative=nonneg,
                            hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks)
-    if config.resume:
-        _check_same_codec(out, codec_cfg)
+    if saved is not None:
+        _check_same_codec(out, saved, codec_cfg)
     torch.manual_seed(config.seed)
     codec = build_codec(codec_cfg)
     pipeline = SplitPipeline(head, codec, channel, tail).to(device)
@@ -187,13 +188,16 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     return trainer.run()
 
 
-def _restore_backbone(out: Path, config: FitConfig, model: nn.Module) -> None:
-    """Resume on the very backbone the run started with, and refuse a run of another model/split/codec."""
+def _read_saved_config(out: Path) -> dict[str, Any]:
     import json
 
+    return json.loads((out / CONFIG_FILE).read_text())
+
+
+def _restore_backbone(out: Path, saved: dict[str, Any], config: FitConfig, model: nn.Module) -> None:
+    """Resume on the very backbone the run started with, and refuse a run of another model/split/codec."""
     from .backbone import read_state_dict
 
-    saved = json.loads((out / CONFIG_FILE).read_text())
     fit = saved.get("fit", {})
     asked = {"model": config.backbone.model, "split": config.split, "preset": config.preset,
              "channel": config.channel.name}
@@ -205,17 +209,14 @@ def _restore_backbone(out: Path, config: FitConfig, model: nn.Module) -> None:
     model.load_state_dict(read_state_dict(out / BACKBONE_FILE), strict=True)
 
 
-def _check_same_codec(out: Path, codec_cfg) -> None:
+def _check_same_codec(out: Path, saved: dict[str, Any], codec_cfg: CodecConfig) -> None:
     """Resume only into the codec the run started with (other options, or another bnpp version's
     defaults, would build a codec its checkpoint does not fit)."""
-    import json
-
-    saved = json.loads((out / CONFIG_FILE).read_text()).get("codec", {})
-    now = codec_cfg.to_dict()
-    diff = sorted(k for k in now if saved.get(k, 0 if k == "encoder_blocks" else None) != now[k])
+    was, now = CodecConfig.from_dict(saved["codec"]).to_dict(), codec_cfg.to_dict()  # from_dict fills defaults
+    diff = sorted(k for k in now if was[k] != now[k])
     if diff:
         k = diff[0]
-        raise RunError(f"cannot resume '{out}': its codec has {k} {saved.get(k)!r}, these options give {now[k]!r}",
+        raise RunError(f"cannot resume '{out}': its codec has {k} {was[k]!r}, these options give {now[k]!r}",
                        hint=f"pass the options it was fitted with (see {out / CONFIG_FILE})")
 
 
