@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -99,6 +100,40 @@ def encoder_macs(run) -> int:
             return encoder(f, 0.0)
 
     return count_macs(OneInput(), torch.zeros(1, *run.config.feature_shape))
+
+
+# fields a fit's saved config is compared on before it is reused; values for keys that older
+# bnpp versions did not write are what those versions did
+RECIPE_KEYS = ("split", "ratio", "code_channels", "spatial_reduction", "preset", "hidden_channels", "encoder_blocks",
+               "val_fraction", "limit", "codec_epochs", "joint_epochs", "lr", "joint_lr", "lr_schedule",
+               "batch_size", "distill", "distill_temperature", "augment", "seed")
+LEGACY = {"lr_schedule": "constant", "distill_temperature": 1.0, "encoder_blocks": None}
+
+
+def stale_reason(run_dir: Path, cfg, feature_shape) -> str | None:
+    """Why a finished fit in the runs folder is not what ``cfg`` would fit now (None: reusable).
+
+    Compared: the resolved recipe and the codec that plan_codec gives today, so a changed default
+    refits instead of silently reusing an old codec."""
+    from bnpp_cli.codec import CodecConfig, plan_codec
+    from bnpp_cli.train import resolve_recipe
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    fit, want = saved["fit"], resolve_recipe(cfg).to_dict()
+    for key in RECIPE_KEYS:
+        have = fit.get(key, LEGACY.get(key))
+        if have != want[key]:
+            return f"{key} {have!r}, now {want[key]!r}"
+    if fit["channel"]["name"] != cfg.channel.name or fit["channel"]["train_condition"] != cfg.channel.train_condition:
+        return f"channel {fit['channel']}, now {cfg.channel}"
+    old = CodecConfig.from_dict(saved["codec"])
+    new = plan_codec(tuple(feature_shape), ratio=cfg.ratio, spatial_reduction=cfg.spatial_reduction,
+                     preset=cfg.preset, feature_nonnegative=old.output_activation == "relu",
+                     hidden_channels=cfg.hidden_channels, encoder_blocks=cfg.encoder_blocks)
+    if old != new:
+        diff = [f"{k} {v!r} -> {new.to_dict()[k]!r}" for k, v in old.to_dict().items() if new.to_dict()[k] != v]
+        return "codec " + ", ".join(diff)
+    return None
 
 
 def accuracy(tail, feats, labels, fn):
@@ -247,7 +282,12 @@ def main() -> int:
                                 out=str(runs / name), channel=ChannelConfig(channel, train_cond), ratio=ratio,
                                 limit=train_limit, device=args.device, seed=args.seed, **recipe)
                 try:
-                    if (runs / name / "codec.safetensors").is_file():  # finished before: reuse, and say so
+                    done = (runs / name / "codec.safetensors").is_file()
+                    why = stale_reason(runs / name, cfg, traced.find(split).shape) if done else None
+                    if why:  # fitted with other defaults: fit again rather than report an old codec
+                        print(f"{name}: earlier fit is stale ({why}); fitting again", flush=True)
+                        shutil.rmtree(runs / name)
+                    if done and not why:  # finished before with the same recipe and codec: reuse, and say so
                         reused.append(name)
                     else:
                         fit_codec(cfg)

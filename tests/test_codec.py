@@ -38,9 +38,21 @@ def test_ratio_planning():
     cfg = plan_codec((64, 8, 8), ratio=256)  # C / R < 1 -> halve H, W
     assert cfg.spatial_reduction and cfg.code_shape == (1, 4, 4)
     assert cfg.bandwidth_ratio == 256.0
-    cfg = plan_codec((64, 8, 8), ratio=16)
+    # the paper's rule: channels first, halve H, W only when C / R < 1
+    cfg = plan_codec((64, 8, 8), ratio=16, preset="bottlenetpp")
     assert not cfg.spatial_reduction and cfg.code_shape == (4, 8, 8) and cfg.bandwidth_ratio == 16.0
-    cfg = plan_codec((64, 8, 8), ratio=16, spatial_reduction=True)
+    # bnpp: halve H, W whenever the map is at least 4 x 4 -> 4x the channels, same symbols
+    cfg = plan_codec((64, 8, 8), ratio=16)
+    assert cfg.spatial_reduction and cfg.code_shape == (16, 4, 4) and cfg.bandwidth_ratio == 16.0
+    cfg = plan_codec((128, 4, 4), ratio=64)
+    assert cfg.spatial_reduction and cfg.code_shape == (8, 2, 2) and cfg.bandwidth_ratio == 64.0
+    cfg = plan_codec((256, 3, 8), ratio=16)  # H = 3 < 4: the paper's rule
+    assert not cfg.spatial_reduction and cfg.code_shape == (16, 3, 8)
+    cfg = plan_codec((256, 2, 2), ratio=16)
+    assert not cfg.spatial_reduction and cfg.code_shape == (16, 2, 2)
+    cfg = plan_codec((64, 8, 8), ratio=16, spatial_reduction=False)
+    assert not cfg.spatial_reduction and cfg.code_shape == (4, 8, 8)
+    cfg = plan_codec((64, 8, 8), ratio=16, spatial_reduction=True, preset="bottlenetpp")
     assert cfg.code_shape == (16, 4, 4) and cfg.bandwidth_ratio == 16.0
     # odd H, W: H' = ceil(H / 2); C' = round(16 * 49 / (32 * 16)) = 2, achieved 24.5 (reported)
     cfg = plan_codec((16, 7, 7), ratio=32)
@@ -106,7 +118,8 @@ def test_encoder_blocks_are_residual_and_validated():
             torch.nn.init.zeros_(m.weight)
     x = torch.randn(3, 64, 4, 4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(block(x), torch.relu(x))
-    assert build_codec(plan_codec((128, 4, 4), ratio=64, encoder_blocks=0)).encoder.body[3].kernel_size == (3, 3)
+    assert build_codec(plan_codec((128, 4, 4), ratio=64, encoder_blocks=0,
+                                  spatial_reduction=False)).encoder.body[3].kernel_size == (3, 3)
     with pytest.raises(CodecError, match="encoder_blocks -1 must be an integer >= 0"):
         plan_codec((128, 4, 4), ratio=64, encoder_blocks=-1)
     with pytest.raises(CodecError, match="only the bnpp preset"):

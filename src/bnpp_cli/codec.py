@@ -157,9 +157,12 @@ def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
                encoder_blocks: int | None = None) -> CodecConfig:
     """Choose C' (and whether to halve H, W) for a target bandwidth ratio or a given C'.
 
-    ``ratio`` R with ``spatial_reduction=None`` (auto): no reduction with C' = round(C / R) when
-    C / R >= 1, else stride 2 with C' = round(C H W / (R H' W')) (= round(4 C / R) for even
-    H, W). The achieved ratio is ``config.bandwidth_ratio`` and may differ from R by rounding."""
+    ``ratio`` R with ``spatial_reduction=None`` (auto): stride 2 with C' = round(C H W / (R H' W'))
+    (= round(4 C / R) for even H, W) when C / R < 1, and for preset ``bnpp`` also whenever the map
+    is at least 4 x 4 (the code keeps >= 2 x 2 positions and trades them for 4x the channels: better
+    at every paired layer2 trial on AWGN, benchmarks/codec_ablation.py); otherwise no reduction with
+    C' = round(C / R), the paper's rule. The achieved ratio is ``config.bandwidth_ratio`` and may
+    differ from R by rounding."""
     shape = tuple(feature_shape)
     if len(shape) in (1, 2):
         raise CodecError(f"feature shape {shape}: token features (N x D) are not supported yet; "
@@ -185,7 +188,7 @@ def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
         if not (math.isfinite(r) and r > 0):
             raise CodecError(f"ratio {ratio} must be a finite number > 0")
         if spatial_reduction is None:
-            spatial = c / r < 1 and h >= 2 and w >= 2
+            spatial = (c / r < 1 and h >= 2 and w >= 2) or (preset == "bnpp" and h >= 4 and w >= 4)
         else:
             spatial = spatial_reduction
         ideal = c * h * w / (r * math.prod(_code_hw(h, w, spatial)))
