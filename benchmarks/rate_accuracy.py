@@ -324,6 +324,11 @@ def write_results(out: Path, tag: str, result: dict) -> None:
     plot(result, out / f"{tag}.png")
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # a partial results file may have no learned rows yet
+        ax.legend(fontsize=6)
+
+
 def plot(result: dict, path: Path) -> None:
     """Two figures: top-1 vs bandwidth ratio per split (AWGN 20 dB, BEC p = 0.01), and top-1 vs PSNR at 64x."""
     import matplotlib
@@ -355,8 +360,8 @@ def plot(result: dict, path: Path) -> None:
             ax.set_xlabel("bandwidth ratio (symbols; bits = 4x for 8-bit codes)", fontsize=6)
             ax.set_ylabel("top-1 (%)", fontsize=7)
             ax.tick_params(labelsize=6)
-    axes[0][0].legend(fontsize=6)
-    axes[-1][0].legend(fontsize=6)  # the BEC row also has the sparse baseline
+    _legend(axes[0][0])
+    _legend(axes[-1][0])  # the BEC row also has the sparse baseline
     fig.suptitle(f"resnet18 / CIFAR-10: backbone {base:.2f} % (solid), -2 points (dotted)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
@@ -375,7 +380,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("PSNR (dB, peak amplitude 1)", fontsize=7)
         ax.set_ylabel("top-1 (%)", fontsize=7)
         ax.tick_params(labelsize=6)
-    axes[0][0].legend(fontsize=6)
+    _legend(axes[0][0])
     fig.tight_layout()
     fig.savefig(path.with_name(path.stem + "_psnr.png"))
     plt.close(fig)
