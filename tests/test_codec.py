@@ -41,17 +41,21 @@ def test_ratio_planning():
     # the paper's rule: channels first, halve H, W only when C / R < 1
     cfg = plan_codec((64, 8, 8), ratio=16, preset="bottlenetpp")
     assert not cfg.spatial_reduction and cfg.code_shape == (4, 8, 8) and cfg.bandwidth_ratio == 16.0
-    # bnpp: halve H, W whenever the map is at least 4 x 4 -> 4x the channels, same symbols
-    cfg = plan_codec((64, 8, 8), ratio=16)
-    assert cfg.spatial_reduction and cfg.code_shape == (16, 4, 4) and cfg.bandwidth_ratio == 16.0
-    cfg = plan_codec((128, 4, 4), ratio=64)
+    # bnpp: a thin code (C / R < 4) on a map of at least 4 x 4 is halved -> 4x the channels, same symbols
+    cfg = plan_codec((128, 4, 4), ratio=64)  # C / R = 2
     assert cfg.spatial_reduction and cfg.code_shape == (8, 2, 2) and cfg.bandwidth_ratio == 64.0
-    cfg = plan_codec((256, 3, 8), ratio=16)  # H = 3 < 4: the paper's rule
-    assert not cfg.spatial_reduction and cfg.code_shape == (16, 3, 8)
-    cfg = plan_codec((256, 2, 2), ratio=16)
-    assert not cfg.spatial_reduction and cfg.code_shape == (16, 2, 2)
-    cfg = plan_codec((64, 8, 8), ratio=16, spatial_reduction=False)
-    assert not cfg.spatial_reduction and cfg.code_shape == (4, 8, 8)
+    cfg = plan_codec((64, 8, 8), ratio=64)  # C / R = 1
+    assert cfg.spatial_reduction and cfg.code_shape == (4, 4, 4) and cfg.bandwidth_ratio == 64.0
+    cfg = plan_codec((64, 8, 8), ratio=16)  # C / R = 4: not thin, the paper's rule
+    assert not cfg.spatial_reduction and cfg.code_shape == (4, 8, 8) and cfg.bandwidth_ratio == 16.0
+    cfg = plan_codec((64, 3, 8), ratio=32)  # thin, but H = 3 < 4
+    assert not cfg.spatial_reduction and cfg.code_shape == (2, 3, 8)
+    cfg = plan_codec((128, 4, 4), ratio=64, preset="bottlenetpp")
+    assert not cfg.spatial_reduction and cfg.code_shape == (2, 4, 4)
+    cfg = plan_codec((128, 4, 4), ratio=64, spatial_reduction=False)
+    assert not cfg.spatial_reduction and cfg.code_shape == (2, 4, 4)
+    cfg = plan_codec((64, 8, 8), ratio=16, spatial_reduction=True)
+    assert cfg.spatial_reduction and cfg.code_shape == (16, 4, 4)
     cfg = plan_codec((64, 8, 8), ratio=16, spatial_reduction=True, preset="bottlenetpp")
     assert cfg.code_shape == (16, 4, 4) and cfg.bandwidth_ratio == 16.0
     # odd H, W: H' = ceil(H / 2); C' = round(16 * 49 / (32 * 16)) = 2, achieved 24.5 (reported)

@@ -34,7 +34,7 @@ def test_fit_writes_a_complete_run_and_eval_reports_the_contract(tmp_path):
     for key in ("run", "model", "split", "channel", "feature_shape", "code_shape", "bandwidth_ratio", "bit_ratio",
                 "backbone_top1", "noiseless_top1", "results"):
         assert key in ev
-    assert ev["code_shape"] == [48, 2, 2] and ev["bandwidth_ratio"] == 4.0 and ev["bit_ratio"] is None
+    assert ev["code_shape"] == [12, 4, 4] and ev["bandwidth_ratio"] == 4.0 and ev["bit_ratio"] is None
     assert [r["condition"] for r in ev["results"]] == [{"snr_db": 5.0}, {"snr_db": 20.0}]
     assert all(r["draws"] == 3 and 0 <= r["top1_mean"] <= 1 for r in ev["results"])
     # the backbone figure is the uncut model's own accuracy

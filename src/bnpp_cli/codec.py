@@ -72,6 +72,7 @@ def default_hidden_channels(in_channels: int, code_channels: int) -> int:
 
 
 DEFAULT_ENCODER_BLOCKS = 1  # bnpp preset, set by plan_codec
+THIN_CODE_CHANNELS = 4  # bnpp preset: below this C / R, plan_codec halves H, W (maps >= 4 x 4) instead
 
 
 @dataclass
@@ -158,11 +159,12 @@ def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
     """Choose C' (and whether to halve H, W) for a target bandwidth ratio or a given C'.
 
     ``ratio`` R with ``spatial_reduction=None`` (auto): stride 2 with C' = round(C H W / (R H' W'))
-    (= round(4 C / R) for even H, W) when C / R < 1, and for preset ``bnpp`` also whenever the map
-    is at least 4 x 4 (the code keeps >= 2 x 2 positions and trades them for 4x the channels: better
-    at every paired layer2 trial on AWGN, benchmarks/codec_ablation.py); otherwise no reduction with
-    C' = round(C / R), the paper's rule. The achieved ratio is ``config.bandwidth_ratio`` and may
-    differ from R by rounding."""
+    (= round(4 C / R) for even H, W) when C / R < 1; for preset ``bnpp`` also when the code would
+    otherwise be thin, C / R < ``THIN_CODE_CHANNELS``, and the map is at least 4 x 4 (the code keeps
+    >= 2 x 2 positions and gets 4x the channels); otherwise no reduction, C' = round(C / R) (the
+    paper's rule). Measured on resnet18 / CIFAR-10 (README, issue 6): the stride-2 code won at
+    C / R = 1 and 2 and lost badly at C / R = 4 (layer1 16x). The achieved ratio is
+    ``config.bandwidth_ratio`` and may differ from R by rounding."""
     shape = tuple(feature_shape)
     if len(shape) in (1, 2):
         raise CodecError(f"feature shape {shape}: token features (N x D) are not supported yet; "
@@ -188,7 +190,8 @@ def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
         if not (math.isfinite(r) and r > 0):
             raise CodecError(f"ratio {ratio} must be a finite number > 0")
         if spatial_reduction is None:
-            spatial = (c / r < 1 and h >= 2 and w >= 2) or (preset == "bnpp" and h >= 4 and w >= 4)
+            thin = preset == "bnpp" and c / r < THIN_CODE_CHANNELS and h >= 4 and w >= 4
+            spatial = (c / r < 1 and h >= 2 and w >= 2) or thin
         else:
             spatial = spatial_reduction
         ideal = c * h * w / (r * math.prod(_code_hw(h, w, spatial)))

@@ -48,7 +48,7 @@ class FitConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     ratio: float | None = 64.0  # bandwidth reduction C H W / (C' H' W'); or give code_channels
     code_channels: int | None = None
-    spatial_reduction: bool | None = None  # None: plan_codec's rule (bnpp: H, W >= 4; else when the ratio needs it)
+    spatial_reduction: bool | None = None  # None: plan_codec's rule (bnpp: also for thin codes, C/ratio < 4)
     preset: str = "bnpp"  # codec architecture; "bottlenetpp" is the paper's
     hidden_channels: int | None = None  # bnpp preset: width of the extra layer (None: the preset's default)
     encoder_blocks: int | None = None  # bnpp preset: residual blocks in the encoder (None: the preset's default)
