@@ -28,15 +28,16 @@ from bnpp_cli.batching import BatchTransform, make_loader
 
 RESULTS = REPO / "benchmarks" / "results" / "codec_ablation.jsonl"
 if sys.argv[1:] == ["--table"]:  # print the results file as the README's Markdown table, then stop
-    print("| variant | width | enc blocks | dec blocks | spatial | lr schedule | T | trained from | epochs | fit s | "
-          "noiseless | PSNR 20 dB | drop 20 dB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | split | images | width | enc blocks | dec blocks | spatial | lr schedule | T | trained from | "
+          "epochs | fit s | noiseless | PSNR 10 dB | PSNR 20 dB | drop 20 dB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d in map(json.loads, RESULTS.read_text().splitlines()):
         g = d["args"]
-        print(f"| {g['tag']} | {d['hidden_resolved']} | {g['enc_blocks']} | {g['dec_blocks']} | "
+        print(f"| {g['tag']} | {g['split']} {g['ratio']:g}x | {g['limit'] or 25000:,} | {d['hidden_resolved']} | "
+              f"{g['enc_blocks']} | {g['dec_blocks']} | "
               f"{'yes' if g['spatial'] == 1 else 'no'} | {'cosine' if g['sched'] == 'cos' else 'constant'} | {g['T']:g} | "
               f"{g['train_cond']:g} dB | {g['epochs']} | {d['fit_s']:.0f} | "
-              f"{100 * d['noiseless']:.2f} | {100 * d['20dB']:.2f} | **{d['drop20']:.2f}** |")
+              f"{100 * d['noiseless']:.2f} | {100 * d['10dB']:.2f} | {100 * d['20dB']:.2f} | **{d['drop20']:.2f}** |")
     sys.exit(0)
 ap = argparse.ArgumentParser()
 ap.add_argument("--split", default="layer2"); ap.add_argument("--ratio", type=float, default=64)

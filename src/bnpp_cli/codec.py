@@ -25,7 +25,8 @@ Presets (``CODEC_PRESETS``):
 - ``bnpp``: two conv layers per side with ``hidden_channels`` in between (BN + ReLU), plus
   ``encoder_blocks`` residual blocks (He et al. 2016: two 3x3 convs with BN, identity skip) at
   that width in the encoder, the condition plane fed to the decoder too; the encoder still ends in
-  BN -> sigmoid; the decoder ends in a biased conv and the output activation. Encoder depth is
+  BN -> sigmoid; the decoder ends in a biased conv and the output activation. A thin code
+  (C / ratio < 4) on a map of at least 4 x 4 is made stride 2 (see ``plan_codec``). Encoder depth is
   where accuracy came from at early splits (benchmarks/rate_accuracy.py; the encoder runs on the
   device, so its MACs are counted as device compute there).
 
