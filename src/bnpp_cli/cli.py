@@ -226,7 +226,9 @@ def fit(
     encoder_blocks: Annotated[Optional[int], typer.Option(
         help="bnpp preset: residual blocks in the encoder (device side) [1].")] = None,
     spatial_reduction: Annotated[Optional[bool], typer.Option(
-        "--spatial-reduction/--no-spatial-reduction", help="Halve H and W in the encoder (default: preset bnpp when C/ratio < 4 and H, W >= 4; else only if the ratio needs it).")] = None,
+        "--spatial-reduction/--no-spatial-reduction",
+        help="Halve H and W in the encoder (default: preset bnpp when C/ratio < 4 and H, W >= 4; "
+             "else only if the ratio needs it).")] = None,
     val_data: Annotated[Optional[str], typer.Option(help="Validation images (default: a split of --data).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of --data held out when no --val-data.")] = 0.1,
     data_root: Annotated[Optional[str], typer.Option(help="Root for torchvision datasets.")] = None,
