@@ -80,7 +80,7 @@ def test_frozen_backbone_is_untouched_by_codec_phase(tmp_path):
     from bnpp_cli.train import fit_codec
 
     cfg = result.config.fit
-    with pytest.raises(RunError, match="no checkpoint"):
+    with pytest.raises(RunError, match="its fit finished, there is no checkpoint to go on from"):
         from bnpp_cli.backbone import BackboneConfig
         from bnpp_cli.pipeline import ChannelConfig
         from bnpp_cli.train import FitConfig

@@ -215,8 +215,9 @@ def _check_same_codec(out: Path, saved: dict[str, Any], codec_cfg: CodecConfig) 
     was, now = CodecConfig.from_dict(saved["codec"]).to_dict(), codec_cfg.to_dict()  # from_dict fills defaults
     diff = sorted(k for k in now if was[k] != now[k])
     if diff:
-        k = diff[0]
-        raise RunError(f"cannot resume '{out}': its codec has {k} {was[k]!r}, these options give {now[k]!r}",
+        have = ", ".join(f"{k} {was[k]!r}" for k in diff)
+        give = ", ".join(f"{now[k]!r}" for k in diff)
+        raise RunError(f"cannot resume '{out}': its codec has {have}, these options give {give}",
                        hint=f"pass the options it was fitted with (see {out / CONFIG_FILE})")
 
 
@@ -423,6 +424,9 @@ class _Trainer:
     def _load_checkpoint(self) -> dict[str, Any]:
         path = self.out / "checkpoint" / "state.pt"
         if not path.is_file():
+            if (self.out / CODEC_FILE).is_file():  # the fit finished: its checkpoint was removed then
+                raise RunError(f"cannot resume '{self.out}': its fit finished, there is no checkpoint to go on "
+                               f"from", hint="to train longer, start a new run with a new --out")
             raise RunError(f"cannot resume '{self.out}': no checkpoint (no epoch finished yet)",
                            hint="delete the directory and start again")
         state = torch.load(path, map_location=self.device, weights_only=True)
