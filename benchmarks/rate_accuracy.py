@@ -130,10 +130,8 @@ def stale_reason(run_dir: Path, cfg, feature_shape) -> str | None:
     new = plan_codec(tuple(feature_shape), ratio=cfg.ratio, spatial_reduction=cfg.spatial_reduction,
                      preset=cfg.preset, feature_nonnegative=old.output_activation == "relu",
                      hidden_channels=cfg.hidden_channels, encoder_blocks=cfg.encoder_blocks)
-    if old != new:
-        diff = [f"{k} {v!r} -> {new.to_dict()[k]!r}" for k, v in old.to_dict().items() if new.to_dict()[k] != v]
-        return "codec " + ", ".join(diff)
-    return None
+    diff = old.differences(new)
+    return "codec " + ", ".join(f"{k} {was!r} -> {now!r}" for k, (was, now) in diff.items()) if diff else None
 
 
 def accuracy(tail, feats, labels, fn):

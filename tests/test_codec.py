@@ -136,7 +136,9 @@ def test_config_round_trip():
     cfg = plan_codec((16, 7, 5), ratio=20)
     d = cfg.to_dict()
     assert d["feature_hw"] == [7, 5]
-    assert CodecConfig.from_dict(d) == cfg
+    assert CodecConfig.from_dict(d) == cfg and cfg.differences(CodecConfig.from_dict(d)) == {}
+    other = plan_codec((16, 7, 5), ratio=20, hidden_channels=32, encoder_blocks=0)
+    assert cfg.differences(other) == {"encoder_blocks": (1, 0), "hidden_channels": (16, 32)}
     with pytest.raises(CodecError, match="unknown codec config keys"):
         CodecConfig.from_dict({**d, "depth": 3})
     with pytest.raises(CodecError, match="missing keys"):

@@ -134,6 +134,11 @@ class CodecConfig:
         d["feature_hw"] = list(self.feature_hw)
         return d
 
+    def differences(self, other: "CodecConfig") -> dict[str, tuple[Any, Any]]:
+        """{field: (this value, other's value)} for every field where ``other`` differs, sorted."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in sorted(mine) if mine[k] != theirs[k]}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
         names = {f.name for f in fields(cls)}

@@ -212,11 +212,10 @@ def _restore_backbone(out: Path, saved: dict[str, Any], config: FitConfig, model
 def _check_same_codec(out: Path, saved: dict[str, Any], codec_cfg: CodecConfig) -> None:
     """Resume only into the codec the run started with (other options, or another bnpp version's
     defaults, would build a codec its checkpoint does not fit)."""
-    was, now = CodecConfig.from_dict(saved["codec"]).to_dict(), codec_cfg.to_dict()  # from_dict fills defaults
-    diff = sorted(k for k in now if was[k] != now[k])
+    diff = CodecConfig.from_dict(saved["codec"]).differences(codec_cfg)  # from_dict fills defaults
     if diff:
-        have = ", ".join(f"{k} {was[k]!r}" for k in diff)
-        give = ", ".join(f"{now[k]!r}" for k in diff)
+        have = ", ".join(f"{k} {was!r}" for k, (was, _) in diff.items())
+        give = ", ".join(f"{now!r}" for was, now in diff.values())
         raise RunError(f"cannot resume '{out}': its codec has {have}, these options give {give}",
                        hint=f"pass the options it was fitted with (see {out / CONFIG_FILE})")
 
