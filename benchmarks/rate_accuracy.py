@@ -67,7 +67,7 @@ def peak_awgn(f, sigma, gen):
 
 def quant8(f, p, gen):
     """Per-sample min-max 8-bit levels; bits erased with probability p decode to their expected value."""
-    from bnpp_cli.channels import BinaryErasureChannel, quantize
+    from bnpp_cli.link.channels import BinaryErasureChannel, quantize
 
     lo = f.flatten(1).min(1).values.view(-1, *[1] * (f.dim() - 1))
     hi = f.flatten(1).max(1).values.view(-1, *[1] * (f.dim() - 1))
@@ -91,7 +91,7 @@ def topk_sparse(f, k):
 
 def encoder_macs(run) -> int:
     """MACs of a fitted run's encoder for one image (it runs on the device, after the head)."""
-    from bnpp_cli.compute import count_macs
+    from bnpp_cli.split.macs import count_macs
 
     encoder = run.pipeline.codec.encoder.eval()
 
@@ -115,18 +115,19 @@ def stale_reason(run_dir: Path, cfg, feature_shape) -> str | None:
 
     Compared: the resolved recipe and the codec that plan_codec gives today, so a changed default
     refits instead of silently reusing an old codec."""
-    from bnpp_cli.codec import CodecConfig, plan_codec
-    from bnpp_cli.train import resolve_recipe
+    from bnpp_cli.codec.config import plan_codec
+    from bnpp_cli.run.fit import resolve_recipe
+    from bnpp_cli.run.rundir import RunDir
 
-    saved = json.loads((run_dir / "config.json").read_text())
-    fit, want = saved["fit"], resolve_recipe(cfg).to_dict()
+    saved = RunDir(run_dir).read_config()
+    fit, want = saved.fit.to_dict(), resolve_recipe(cfg).to_dict()
     for key in RECIPE_KEYS:
         have = fit.get(key, LEGACY.get(key))
         if have != want[key]:
             return f"{key} {have!r}, now {want[key]!r}"
     if fit["channel"]["name"] != cfg.channel.name or fit["channel"]["train_condition"] != cfg.channel.train_condition:
         return f"channel {fit['channel']}, now {cfg.channel}"
-    old = CodecConfig.from_dict(saved["codec"])
+    old = saved.codec
     new = plan_codec(tuple(feature_shape), ratio=cfg.ratio, spatial_reduction=cfg.spatial_reduction,
                      preset=cfg.preset, feature_nonnegative=old.output_activation == "relu",
                      hidden_channels=cfg.hidden_channels, encoder_blocks=cfg.encoder_blocks)
@@ -168,14 +169,16 @@ def main() -> int:
     if not checkpoint.is_file() or not (data_dir / "test.npz").is_file():
         print(f"needs {checkpoint} and {data_dir}: not present, nothing to do", file=sys.stderr)
         return 2
-    from bnpp_cli.backbone import BackboneConfig, load_backbone
-    from bnpp_cli.compute import node_macs
-    from bnpp_cli.batching import BatchTransform, make_loader
-    from bnpp_cli.data import load_dataset
-    from bnpp_cli.evaluate import EvalConfig, evaluate_run
-    from bnpp_cli.pipeline import ChannelConfig, load_run
-    from bnpp_cli.split import split_model, trace_model
-    from bnpp_cli.train import FitConfig, fit_codec
+    from bnpp_cli.split.backbone import BackboneConfig, load_backbone
+    from bnpp_cli.split.macs import node_macs
+    from bnpp_cli.data.batching import BatchTransform, make_loader
+    from bnpp_cli.data.datasets import load_dataset
+    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+    from bnpp_cli.link.config import ChannelConfig
+    from bnpp_cli.run.pipeline import load_run
+    from bnpp_cli.run.rundir import RunDir
+    from bnpp_cli.split.graph import split_model, trace_model
+    from bnpp_cli.run.fit import FitConfig, fit_codec
 
     quick = args.quick
     splits = args.splits.split(",") if args.splits else (["layer2", "layer3"] if quick else
@@ -280,7 +283,7 @@ def main() -> int:
                                 out=str(runs / name), channel=ChannelConfig(channel, train_cond), ratio=ratio,
                                 limit=train_limit, device=args.device, seed=args.seed, **recipe)
                 try:
-                    done = (runs / name / "codec.safetensors").is_file()
+                    done = RunDir(runs / name).finished
                     why = stale_reason(runs / name, cfg, traced.find(split).shape) if done else None
                     if why:  # fitted with other defaults: fit again rather than report an old codec
                         print(f"{name}: earlier fit is stale ({why}); fitting again", flush=True)
@@ -293,7 +296,7 @@ def main() -> int:
                     print(f"{name}: skipped ({e})", flush=True)
                     continue
                 run = load_run(runs / name)
-                metrics = json.loads((runs / name / "metrics.json").read_text())
+                metrics = RunDir(runs / name).read_metrics()
                 fit_seconds = metrics["seconds"]
                 enc_macs = encoder_macs(run)  # before evaluate_run moves the pipeline to --device
                 ev = evaluate_run(EvalConfig(run=str(runs / name), data=str(data_dir / "test.npz"),

@@ -78,10 +78,10 @@ def commit() -> str:
 
 # ---- the edge side of each option (runs in the server process) -------------------------------------
 def make_backend(mode: str, deploy: Path, max_images: int):
-    from bnpp_cli import wire
+    from bnpp_cli.link import wire
     from bnpp_cli.errors import ServeError
-    from bnpp_cli.export import load_device, load_edge
-    from bnpp_cli.serve import Backend, BnppBackend
+    from bnpp_cli.deploy.halves import load_device, load_edge
+    from bnpp_cli.deploy.server import Backend, BnppBackend
 
     edge = load_edge(deploy / "edge.safetensors")
     if mode == "bnpp":
@@ -109,7 +109,7 @@ def make_backend(mode: str, deploy: Path, max_images: int):
 
     from PIL import Image
 
-    from bnpp_cli.batching import BatchTransform
+    from bnpp_cli.data.batching import BatchTransform
 
     head = load_device(deploy / "device.safetensors").head
     dc = edge.meta["data_config"]
@@ -151,7 +151,7 @@ def make_backend(mode: str, deploy: Path, max_images: int):
 
 def serve_role(args) -> None:
     """Child process: one option's server until SIGTERM; prints its port, then its counters."""
-    from bnpp_cli.serve import ServeConfig, run_server
+    from bnpp_cli.deploy.server import ServeConfig, run_server
 
     torch.set_num_threads(args.threads)
     config = ServeConfig(deploy_dir=str(args.deploy), port=0, max_batch=args.max_batch,
@@ -166,9 +166,9 @@ def encode_payloads(deploy: Path, x_uint8: np.ndarray, snr_db: float) -> dict:
     """Per option: request body per image, device ms per image (median, one thread)."""
     from PIL import Image
 
-    from bnpp_cli import wire
-    from bnpp_cli.batching import BatchTransform
-    from bnpp_cli.export import load_device
+    from bnpp_cli.link import wire
+    from bnpp_cli.data.batching import BatchTransform
+    from bnpp_cli.deploy.halves import load_device
 
     device = load_device(deploy / "device.safetensors")
     dc = device.meta["data_config"]
@@ -277,7 +277,7 @@ def main() -> None:
     if args.serve:
         return serve_role(args)
 
-    from bnpp_cli.protocol import Request, encode_request
+    from bnpp_cli.deploy.protocol import Request, encode_request
 
     torch.set_num_threads(1)
     data = np.load(args.data)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bnpp_cli.backbone import BackboneConfig
-from bnpp_cli.pipeline import ChannelConfig
-from bnpp_cli.train import FitConfig, fit_codec
+from bnpp_cli.split.backbone import BackboneConfig
+from bnpp_cli.link.config import ChannelConfig
+from bnpp_cli.run.fit import FitConfig, fit_codec
 
 CLASSES = [f"class{i}" for i in range(10)]
 

@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from bnpp_cli.backbone import BackboneConfig, load_backbone
+from bnpp_cli.split.backbone import BackboneConfig, load_backbone
 from bnpp_cli.errors import ModelError
 
 

@@ -7,17 +7,7 @@ import math
 import pytest
 import torch
 
-from bnpp_cli.channels import (
-    CHANNELS,
-    BinaryErasureChannel,
-    BinarySymmetricChannel,
-    Channel,
-    create_channel,
-    dequantize,
-    expected_levels,
-    list_channels,
-    quantize,
-)
+from bnpp_cli.link.channels import CHANNELS, BinaryErasureChannel, BinarySymmetricChannel, Channel, create_channel, dequantize, expected_levels, list_channels, quantize
 from bnpp_cli.errors import ChannelError
 
 

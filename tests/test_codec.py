@@ -6,15 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from bnpp_cli.channels import create_channel
-from bnpp_cli.codec import (
-    CODEC_PRESETS,
-    Codec,
-    CodecConfig,
-    build_codec,
-    default_hidden_channels,
-    plan_codec,
-)
+from bnpp_cli.link.channels import create_channel
+from bnpp_cli.codec.presets import default_hidden_channels, list_presets
+from bnpp_cli.codec.model import Codec, build_codec
+from bnpp_cli.codec.config import CodecConfig, plan_codec
 from bnpp_cli.errors import CodecError
 
 
@@ -97,7 +92,7 @@ def test_token_features_rejected(shape):
 
 
 def test_presets_and_activation_defaults():
-    assert set(CODEC_PRESETS) == {"bottlenetpp", "bnpp"}
+    assert set(list_presets()) == {"bottlenetpp", "bnpp"}
     cfg = plan_codec((64, 8, 8), ratio=8)
     assert cfg.preset == "bnpp" and cfg.decoder_condition
     assert cfg.hidden_channels == default_hidden_channels(64, 8) == 64 and cfg.encoder_blocks == 1
@@ -110,7 +105,7 @@ def test_presets_and_activation_defaults():
 
 
 def test_encoder_blocks_are_residual_and_validated():
-    from bnpp_cli.codec import ResidualBlock
+    from bnpp_cli.codec.layers import ResidualBlock
 
     cfg = plan_codec((128, 4, 4), ratio=64, encoder_blocks=2)
     codec = build_codec(cfg)
@@ -147,7 +142,7 @@ def test_config_round_trip():
 
 # -- modules ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("preset", list(CODEC_PRESETS))
+@pytest.mark.parametrize("preset", list_presets())
 @pytest.mark.parametrize("shape, spatial", [((16, 8, 8), False), ((16, 8, 8), True),
                                             ((16, 7, 7), False), ((16, 7, 7), True),
                                             ((16, 5, 3), True)])
@@ -207,7 +202,7 @@ def test_shape_mismatch():
         codec.decoder(torch.zeros(2, 3, 4, 4), 0.0)
 
 
-@pytest.mark.parametrize("preset", list(CODEC_PRESETS))
+@pytest.mark.parametrize("preset", list_presets())
 @pytest.mark.parametrize("channel", ["awgn", "bec"])
 def test_training_reduces_loss(preset, channel):
     torch.manual_seed(0)

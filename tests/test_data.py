@@ -12,8 +12,8 @@ import torchvision.datasets
 from PIL import Image
 from torch.utils.data import Subset
 
-from bnpp_cli.batching import BatchLoader, BatchTransform, crop_flip, make_loader
-from bnpp_cli.data import ImageDataset, check_labels, load_dataset, split_train_val
+from bnpp_cli.data.batching import BatchLoader, BatchTransform, crop_flip, make_loader
+from bnpp_cli.data.datasets import ImageDataset, check_labels, load_dataset, split_train_val
 from bnpp_cli.errors import DataError
 
 CIFAR10 = Path(__file__).parents[1] / ".." / "shared" / "data" / "cifar10"

@@ -11,12 +11,13 @@ from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from bnpp_cli import wire
+from bnpp_cli.link import wire
 from bnpp_cli.cli import app
 from bnpp_cli.errors import ExportError, WireError
-from bnpp_cli.evaluate import EvalConfig, evaluate_run
-from bnpp_cli.export import check_pair, export_halves, load_device, load_edge
-from bnpp_cli.pipeline import load_run
+from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+from bnpp_cli.deploy.halves import check_pair, load_device, load_edge
+from bnpp_cli.deploy.export import export_halves
+from bnpp_cli.run.pipeline import load_run
 
 from .helpers import tiny_run
 

@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from bnpp_cli.cli import app
-from bnpp_cli.evaluate import EvalConfig, evaluate_run
-from bnpp_cli.pipeline import load_run
+from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+from bnpp_cli.run.pipeline import load_run
 
 from .helpers import tiny_npz, tiny_run
 
@@ -39,8 +39,8 @@ def test_fit_writes_a_complete_run_and_eval_reports_the_contract(tmp_path):
     assert all(r["draws"] == 3 and 0 <= r["top1_mean"] <= 1 for r in ev["results"])
     # the backbone figure is the uncut model's own accuracy
     loaded = load_run(run)
-    from bnpp_cli.batching import BatchTransform
-    from bnpp_cli.data import load_dataset
+    from bnpp_cli.data.batching import BatchTransform
+    from bnpp_cli.data.datasets import load_dataset
 
     ds = load_dataset(str(data), input_size=(32, 32), train=False)
     x, y = ds.tensors()
@@ -65,7 +65,7 @@ def test_frozen_backbone_is_untouched_by_codec_phase(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from bnpp_cli.backbone import read_state_dict
+    from bnpp_cli.split.backbone import read_state_dict
 
     torch.manual_seed(5)
     ref = timm.create_model("test_resnet", num_classes=10).state_dict()
@@ -77,23 +77,23 @@ def test_frozen_backbone_is_untouched_by_codec_phase(tmp_path):
     assert set(saved) == set(ref) and all(torch.equal(saved[k], ref[k]) for k in ref)
     # and the finished run cannot be resumed: there is nothing left to do
     from bnpp_cli.errors import RunError
-    from bnpp_cli.train import fit_codec
+    from bnpp_cli.run.fit import fit_codec
 
     cfg = result.config.fit
     with pytest.raises(RunError, match="its fit finished, there is no checkpoint to go on from"):
-        from bnpp_cli.backbone import BackboneConfig
-        from bnpp_cli.pipeline import ChannelConfig
-        from bnpp_cli.train import FitConfig
+        from bnpp_cli.split.backbone import BackboneConfig
+        from bnpp_cli.link.config import ChannelConfig
+        from bnpp_cli.run.fit import FitConfig
 
-        fit_codec(FitConfig(backbone=BackboneConfig(**cfg["backbone"]), split="layer2", data=str(data),
+        fit_codec(FitConfig(backbone=cfg.backbone, split="layer2", data=str(data),
                             out=str(tmp_path / "run"), channel=ChannelConfig("awgn", 20.0), ratio=4.0,
                             codec_epochs=2, batch_size=16, resume=True))
 
 
 def test_interrupted_run_resumes_without_losing_epochs(tmp_path):
-    from bnpp_cli.backbone import BackboneConfig
-    from bnpp_cli.pipeline import ChannelConfig
-    from bnpp_cli.train import FitConfig, fit_codec
+    from bnpp_cli.split.backbone import BackboneConfig
+    from bnpp_cli.link.config import ChannelConfig
+    from bnpp_cli.run.fit import FitConfig, fit_codec
 
     data = tiny_npz(tmp_path / "train.npz")
     out = tmp_path / "run"
@@ -129,7 +129,7 @@ def test_interrupted_run_resumes_without_losing_epochs(tmp_path):
     cfg = config()
     cfg.out = str(uninterrupted)
     fit_codec(cfg)
-    from bnpp_cli.backbone import read_state_dict
+    from bnpp_cli.split.backbone import read_state_dict
 
     a, b = read_state_dict(out / "codec.safetensors"), read_state_dict(uninterrupted / "codec.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -156,7 +156,8 @@ def _cli_error(args, *needles):
 
 
 def test_cosine_schedule_decays_to_zero_and_presets_pick_their_recipe(tmp_path):
-    from bnpp_cli.train import FitConfig, resolve_recipe, scheduled_lr
+    from bnpp_cli.run.fit import FitConfig, resolve_recipe
+    from bnpp_cli.run.loop import scheduled_lr
 
     assert scheduled_lr(1e-3, "cosine", 0, 100) == 1e-3
     assert scheduled_lr(1e-3, "cosine", 50, 100) == pytest.approx(5e-4, rel=1e-12)
@@ -164,7 +165,7 @@ def test_cosine_schedule_decays_to_zero_and_presets_pick_their_recipe(tmp_path):
     assert scheduled_lr(1e-3, "constant", 77, 100) == 1e-3
     lrs = [scheduled_lr(1.0, "cosine", i, 10) for i in range(11)]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing
-    from bnpp_cli.backbone import BackboneConfig
+    from bnpp_cli.split.backbone import BackboneConfig
 
     bb = BackboneConfig("test_resnet")
     best = resolve_recipe(FitConfig(backbone=bb, split="layer2", data="d", out="o"))
@@ -177,7 +178,7 @@ def test_cosine_schedule_decays_to_zero_and_presets_pick_their_recipe(tmp_path):
 
 
 def test_distillation_loss_is_scaled_kl_and_zero_for_equal_logits():
-    from bnpp_cli.train import distillation_loss
+    from bnpp_cli.run.loop import distillation_loss
 
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
@@ -245,7 +246,7 @@ def test_joint_phase_keeps_the_brought_backbone_for_reference(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from bnpp_cli.backbone import read_state_dict
+    from bnpp_cli.split.backbone import read_state_dict
 
     torch.manual_seed(5)
     ref = timm.create_model("test_resnet", num_classes=10).state_dict()
@@ -263,8 +264,8 @@ def test_joint_phase_keeps_the_brought_backbone_for_reference(tmp_path):
     assert [e["phase"] for e in metrics["epochs"]] == ["codec", "joint"]
     # eval's backbone figure is the model as brought, not the fine-tuned one
     ev = evaluate_run(EvalConfig(run=str(run_dir), data=str(data), conditions=[20], draws=1), run=run)
-    from bnpp_cli.batching import BatchTransform
-    from bnpp_cli.data import load_dataset
+    from bnpp_cli.data.batching import BatchTransform
+    from bnpp_cli.data.datasets import load_dataset
 
     x, y = load_dataset(str(data), input_size=(32, 32), train=False).tensors()
     dc = run.config.data_config

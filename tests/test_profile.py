@@ -7,9 +7,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from bnpp_cli.backbone import BackboneConfig
-from bnpp_cli.compute import count_macs
-from bnpp_cli.profile import Budget, ProfileConfig, profile_model
+from bnpp_cli.split.backbone import BackboneConfig
+from bnpp_cli.split.macs import count_macs
+from bnpp_cli.split.profile import Budget, ProfileConfig, profile_model
 
 # timm's benchmark tables (GMACs at 224x224)
 PUBLISHED_GMACS = {

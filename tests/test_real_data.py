@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bnpp_cli.backbone import BackboneConfig, load_backbone
-from bnpp_cli.batching import BatchTransform, make_loader
-from bnpp_cli.data import load_dataset
-from bnpp_cli.evaluate import EvalConfig, evaluate_run
-from bnpp_cli.export import export_halves, load_device, load_edge
-from bnpp_cli.pipeline import ChannelConfig
-from bnpp_cli.train import FitConfig, fit_codec
+from bnpp_cli.split.backbone import BackboneConfig, load_backbone
+from bnpp_cli.data.batching import BatchTransform, make_loader
+from bnpp_cli.data.datasets import load_dataset
+from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+from bnpp_cli.deploy.export import export_halves
+from bnpp_cli.deploy.halves import load_device, load_edge
+from bnpp_cli.link.config import ChannelConfig
+from bnpp_cli.run.fit import FitConfig, fit_codec
 
 pytestmark = pytest.mark.slow
 

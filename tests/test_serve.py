@@ -24,11 +24,13 @@ from typer.testing import CliRunner
 
 from bnpp_cli.cli import app
 from bnpp_cli.errors import ServeError
-from bnpp_cli.export import export_halves, load_device, load_edge
-from bnpp_cli.runtime import air_generator, predict, prepare_images
-from bnpp_cli.client import EdgeClient, infer_images, parse_address
-from bnpp_cli.protocol import REQUEST_HEADER, Request, encode_request, parse_request_header
-from bnpp_cli.serve import ServeConfig, ServerThread
+from bnpp_cli.deploy.export import export_halves
+from bnpp_cli.deploy.halves import load_device, load_edge
+from bnpp_cli.link.receiver import air_generator
+from bnpp_cli.deploy.predict import predict, prepare_images
+from bnpp_cli.deploy.client import EdgeClient, infer_images, parse_address
+from bnpp_cli.deploy.protocol import REQUEST_HEADER, Request, encode_request, parse_request_header
+from bnpp_cli.deploy.server import ServeConfig, ServerThread
 
 from .conftest import REPO
 from .helpers import tiny_run
@@ -440,9 +442,9 @@ def test_serve_stops_cleanly_on_a_signal(analog, codes, sig):
 # ---- real data (slow) ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_real_resnet18_infer_matches_predict(cifar10_dir, resnet18_cifar10, tmp_path):
-    from bnpp_cli.backbone import BackboneConfig
-    from bnpp_cli.pipeline import ChannelConfig
-    from bnpp_cli.train import FitConfig, fit_codec
+    from bnpp_cli.split.backbone import BackboneConfig
+    from bnpp_cli.link.config import ChannelConfig
+    from bnpp_cli.run.fit import FitConfig, fit_codec
 
     fit_codec(FitConfig(backbone=BackboneConfig("resnet18", checkpoint=str(resnet18_cifar10), num_classes=10,
                                                 img_size=32),

@@ -7,7 +7,7 @@ import timm
 import torch
 
 from bnpp_cli.errors import ModelError, SplitError
-from bnpp_cli.split import split_model, trace_model
+from bnpp_cli.split.graph import split_model, trace_model
 
 TINY = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit", "test_byobnet"]
 FULL = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "regnetx_002",

@@ -13,19 +13,7 @@ import pytest
 import torch
 
 from bnpp_cli.errors import WireError
-from bnpp_cli.wire import (
-    MAX_ELEMENTS,
-    MIN_HEADER,
-    Frame,
-    decode,
-    encode_analog,
-    encode_digital,
-    header_length,
-    pack_bits,
-    payload_size,
-    peek_header,
-    unpack_bits,
-)
+from bnpp_cli.link.wire import MAX_ELEMENTS, MIN_HEADER, Frame, decode, encode_analog, encode_digital, header_length, pack_bits, payload_size, peek_header, unpack_bits
 
 PAIR = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"

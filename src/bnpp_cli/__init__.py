@@ -3,7 +3,10 @@
 The public API (imported lazily, so that `bnpp --help` never imports torch):
 
     from bnpp_cli import load_backbone, trace_model, split_model, profile_model
-    from bnpp_cli import fit_codec, evaluate_run, export_halves, load_device, load_edge
+    from bnpp_cli import FitConfig, ChannelConfig, fit_codec, evaluate_run, export_halves, load_device, load_edge
+
+The package is laid out by pipeline stage (README, "Layout"): split/ (where to cut), codec/ (what
+learns), link/ (what crosses the cut), data/, run/ (a fitted run), deploy/ (what ships), cli/.
 """
 
 from __future__ import annotations
@@ -14,17 +17,19 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BackboneConfig": "backbone", "load_backbone": "backbone",
-    "trace_model": "split", "split_model": "split", "SplitPoint": "split",
-    "count_macs": "compute",
-    "ProfileConfig": "profile", "Budget": "profile", "profile_model": "profile",
-    "create_channel": "channels", "list_channels": "channels",
-    "CodecConfig": "codec", "plan_codec": "codec", "build_codec": "codec",
-    "load_dataset": "data",
-    "load_run": "pipeline", "SplitPipeline": "pipeline",
-    "FitConfig": "train", "fit_codec": "train",
-    "EvalConfig": "evaluate", "evaluate_run": "evaluate",
-    "export_halves": "export", "load_device": "export", "load_edge": "export",
+    "BackboneConfig": "split.backbone", "load_backbone": "split.backbone",
+    "trace_model": "split.graph", "split_model": "split.graph", "SplitPoint": "split.graph",
+    "count_macs": "split.macs",
+    "ProfileConfig": "split.profile", "Budget": "split.profile", "profile_model": "split.profile",
+    "create_channel": "link.channels", "list_channels": "link.channels", "ChannelConfig": "link.config",
+    "CodecConfig": "codec.config", "plan_codec": "codec.config", "build_codec": "codec.model",
+    "list_presets": "codec.presets", "get_preset": "codec.presets",
+    "load_dataset": "data.datasets",
+    "RunConfig": "run.config", "FitConfig": "run.config", "RunDir": "run.rundir",
+    "load_run": "run.pipeline", "SplitPipeline": "run.pipeline",
+    "fit_codec": "run.fit", "EvalConfig": "run.evaluate", "evaluate_run": "run.evaluate",
+    "export_halves": "deploy.export", "load_device": "deploy.halves", "load_edge": "deploy.halves",
+    "predict": "deploy.predict",
     "BnppError": "errors",
 }
 

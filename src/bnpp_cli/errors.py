@@ -59,3 +59,7 @@ def choices_hint(value: str, choices: Iterable[str], n: int = 8) -> str:
 
 class ServeError(BnppError):
     """The network runtime: a refused request, an unreachable server, a port that is taken."""
+
+
+class ConfigError(BnppError):
+    """A stored config (config.json, a deploy half's metadata) that does not match its schema."""

@@ -13,7 +13,7 @@ Request::
     8       8     channel condition, float64: PSNR in dB (analog) or bit probability (digital),
                   in the units of `bnpp predict --snr / --erasure`; NaN = noiseless link
     16      8     seed, int64 (predict's --seed)
-    24      4     first index, uint32: image i of the frame uses air_generator(seed, first_index + i)
+    24      4     first index, uint32: image i of the frame uses link.receiver.air_generator(seed, first_index + i)
     28      2     token length T, uint16, 0..256
     30      T     token bytes (checked with hmac.compare_digest when the server has a token)
     30+T    ...   one wire frame (wire.py, format version 1): N >= 1 codes of this export
@@ -41,8 +41,8 @@ import struct
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from . import wire
-from .errors import ServeError
+from ..errors import ServeError
+from ..link import wire
 
 MAGIC = b"BNPQ"
 VERSION = 1
@@ -53,7 +53,6 @@ ANSWER_LENGTH = struct.Struct("<I")
 MAX_TOKEN = 256  # bytes: room for any sensible shared secret
 MAX_ANSWER = 16 * 2**20  # the client refuses longer answers (a top-k list is tiny)
 LINGER_S, LINGER_BYTES = 0.25, 2**20  # after a refusal: how long / how much input is discarded
-_SEED_SPACE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 ReadExactly = Callable[[int], Awaitable[bytes]]
 
@@ -100,12 +99,6 @@ def parse_request_header(buf: bytes) -> tuple[Request, int]:
     if tok_len > MAX_TOKEN:
         raise ServeError(f"token length {tok_len} is over the limit of {MAX_TOKEN} bytes")
     return Request(topk, None if math.isnan(cond) else cond, seed, first, bool(flags & FLAG_CLOSE)), tok_len
-
-
-def check_seed(seed: int, first_index: int, n: int) -> None:
-    lo, hi = _SEED_SPACE
-    if not (lo <= seed * 1_000_003 + first_index and seed * 1_000_003 + first_index + n - 1 <= hi):
-        raise ServeError(f"seed {seed} is out of range for the air interface's generator")
 
 
 async def read_frame(readexactly: ReadExactly, max_bytes: int) -> bytes:

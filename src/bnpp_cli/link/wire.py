@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import WireError
+from ..errors import WireError
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -259,6 +259,14 @@ def peek_header(buf: Buffer) -> tuple[int, int | None]:
     """
     _, header_len, total_len, _ = _parse_header(memoryview(buf).cast("B"))
     return header_len, total_len
+
+
+def leading_dim(buf: Buffer) -> int:
+    """shape[0] (the number of codes, N) of a frame whose header ``buf`` holds, validated."""
+    frame, _, total_len, _ = _parse_header(memoryview(buf).cast("B"))
+    if total_len is None:
+        raise WireError(f"buffer of {len(buf)} bytes does not hold the whole frame header")
+    return frame.shape[0]
 
 
 def decode(buf: Buffer, expected_pair_id: str | None = None) -> tuple[Frame, Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(highlight=False)
@@ -54,14 +55,11 @@ def render_profile(p) -> None:
 def render_fit(result) -> None:
     last = result.epochs[-1] if result.epochs else {}
     cfg = result.config
-    codec = cfg.codec
-    from .codec import CodecConfig
-
-    cc = CodecConfig.from_dict(codec)
-    fit = cfg.fit or {}
+    cc = cfg.codec
+    fit = cfg.fit.to_dict() if cfg.fit is not None else {}
     console.print(f"Run [bold]{result.run}[/]: {cfg.model} split at {cfg.split} {'x'.join(map(str, cfg.feature_shape))}, "
                   f"codec {cc.preset} -> code {'x'.join(map(str, cc.code_shape))} ({cc.bandwidth_ratio:g}x), "
-                  f"channel {cfg.channel['name']}")
+                  f"channel {cfg.channel.name}")
     if fit.get("lr") is not None:
         kd = f", distillation {fit['distill']:g} at T={fit.get('distill_temperature', 1):g}" if fit.get("distill") else ""
         console.print(f"Recipe: Adam {fit['lr']:g} ({fit.get('lr_schedule', 'constant')}), batch {fit['batch_size']}{kd}")
@@ -88,9 +86,7 @@ def render_eval(r) -> None:
     t.add_row("uncut backbone", f"{r.backbone_top1:.2%}", "", "", "")
     t.add_row("noiseless link", f"{r.noiseless_top1:.2%}", "", "", f"{100 * (r.backbone_top1 - r.noiseless_top1):.2f} pt")
     for row in r.results:
-        (key, value), = row["condition"].items()
-        label = f"PSNR {value:g} dB" if key == "snr_db" else f"p = {value:g}"
-        t.add_row(label, f"{row['top1_mean']:.2%}", f"{100 * row['top1_std']:.2f} pt", str(row["draws"]),
+        t.add_row(row["label"], f"{row['top1_mean']:.2%}", f"{100 * row['top1_std']:.2f} pt", str(row["draws"]),
                   f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt")
     console.print(t)
     console.print(f"{r.images} test images; accuracies are top-1 on the data given.")
@@ -104,8 +100,15 @@ def render_export(r) -> None:
                   f"{r.payload_bytes} bytes of {kind} + {r.header_bytes}-byte wire header")
 
 
+def render_remote_predictions(results) -> None:
+    for r in results:
+        best = ", ".join(f"{name} {p:.1%}" for name, p in r.top)
+        console.print(f"[bold]{escape(r.image)}[/]: {escape(best)}  |  sent {r.bytes_sent} B, device {r.device_ms:.1f} ms, "
+                      f"network {r.network_ms:.1f} ms, edge {r.edge_ms:.1f} ms")
+
+
 def render_predictions(results) -> None:
     for r in results:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.top)
-        console.print(f"[bold]{r.image}[/]: {best}  |  payload {r.payload_bytes} B, device {r.device_ms:.1f} ms, "
+        console.print(f"[bold]{escape(r.image)}[/]: {escape(best)}  |  payload {r.payload_bytes} B, device {r.device_ms:.1f} ms, "
                       f"edge {r.edge_ms:.1f} ms")

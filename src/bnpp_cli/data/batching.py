@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .data import ImageDataset, unwrap_subsets
-from .errors import DataError
+from .datasets import ImageDataset, unwrap_subsets
+from ..errors import DataError
 
 
 def crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from .errors import DataError, choices_hint
+from ..errors import DataError, choices_hint
 
 DEFAULT_ROOT = "~/.cache/bnpp/data"  # where torchvision datasets are downloaded
 TORCHVISION_DATASETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN",

@@ -12,10 +12,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import ExportError, ServeError
-from .export import DEVICE_FILE, load_device
-from .protocol import ANSWER_LENGTH, MAX_ANSWER, Request, check_seed, encode_request
-from .runtime import check_condition, prepare_images
+from ..errors import ServeError
+from ..link.receiver import check_seed
+from .halves import load_device_dir
+from .predict import check_condition, prepare_images
+from .protocol import ANSWER_LENGTH, MAX_ANSWER, Request, encode_request
 
 # ---- the device side ---------------------------------------------------------------------------
 @dataclass
@@ -131,24 +132,21 @@ class RemotePrediction:
 def infer_images(deploy_dir: str | Path, images: Sequence[str | Path], server: str,
                  condition: float | None = None, seed: int = 0, topk: int = 5,
                  token: str | None = None, timeout_s: float = 30.0,
-                 condition_name: str | None = None) -> list[RemotePrediction]:
+                 condition_flag: str | None = None) -> list[RemotePrediction]:
     """Device side of co-inference: head + encoder here, one request per image to `bnpp serve`.
 
     Image i is sent with first_index = i, so the edge draws its noise from air_generator(seed, i)
     exactly as `bnpp predict` does, and the answers are predict's."""
-    d = Path(deploy_dir)
-    if not d.is_dir():
-        raise ExportError(f"deploy directory '{d}' does not exist", hint="make one with `bnpp export RUN --out DIR`")
     host, port = parse_address(server)
-    device = load_device(d / DEVICE_FILE)
-    param = check_condition(device, condition, condition_name)
+    device = load_device_dir(deploy_dir)
+    param = check_condition(device, condition, condition_flag)
     check_seed(seed, 0, len(images))
     x_all = prepare_images(device, images)
     out = []
     with EdgeClient(host, port, token, timeout_s) as client, torch.inference_mode():
         for index, (path, x) in enumerate(zip(images, x_all)):
             t0 = time.perf_counter()
-            frame = device.payload(device(x[None], param))
+            frame = device.compress(x[None], param)
             device_ms = 1e3 * (time.perf_counter() - t0)
             answer = client.send(frame, Request(topk, condition, seed, index, close=index == len(images) - 1))
             out.append(RemotePrediction(str(path), answer.predictions[0], answer.bytes_sent, device_ms,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from .errors import ModelError, SplitError, choices_hint
+from ..errors import ModelError, SplitError, choices_hint
 
 
 @dataclass(frozen=True)

@@ -6,98 +6,38 @@
             --> softmax, top-k --> JSON answer  ==TCP==>  device
 
 The edge applies the simulated air interface at the receiver exactly as `bnpp predict` does
-(runtime.py): image i of a request is corrupted with ``air_generator(seed, first_index + i)`` and
+(link.receiver): image i of a request is corrupted with ``air_generator(seed, first_index + i)`` and
 the same channel parameter, so a device that numbers its images like predict gets predict's answer.
 
 Why asyncio: an edge serves many devices, most of them idle or on slow links most of the time.
 One event loop multiplexes thousands of such sockets for the price of a small object each, where
 a thread per connection would cost a stack and a scheduler slot each. The model compute (which
 would block the loop) runs in ONE worker thread; a batcher coroutine gathers the waiting requests
-into one decoder + tail call of up to ``max_batch`` images (micro-batching): it starts the call
-when the batch is full or when the oldest request has waited ``batch_window_ms``, and requests
-that arrive while the worker is busy join the next call. Whether that pays depends on the tail:
-see benchmarks/serve_load.py. The
+into one decoder + tail call of up to ``max_batch`` images (micro-batching, batcher.py). The
 server never executes or unpickles what it receives: frames are parsed with struct and numpy.
 
-The request / answer protocol is specified in protocol.py.
+This module is the connections: accept, read a request whole (protocol.py), queue it, answer,
+refuse. What is computed is backend.py; how requests are grouped is batcher.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import hmac
 import json
 import math
 import os
 import signal
-import struct
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-import torch
-
-from . import wire
-from .errors import BnppError, ExportError, ServeError
-from .export import EDGE_FILE, EdgeHalf, load_edge
-from .protocol import (ANSWER_LENGTH, LINGER_BYTES, LINGER_S, MAX_TOKEN, REQUEST_HEADER, ReadExactly, Request,
-                       check_seed, parse_request_header, read_frame)
-from .runtime import air_generator
-
-# ---- what the server computes --------------------------------------------------------------
-class Backend:
-    """How an edge server frames, prepares and computes a request body.
-
-    ``read_body`` runs on the event loop; ``prepare`` (one request -> inputs (N, ...) and channel
-    parameters (N,)) and ``forward`` (a batch of inputs -> logits) run in the worker thread."""
-
-    classes: list[str]
-    max_images: int
-    max_body_bytes: int
-
-    async def read_body(self, readexactly: ReadExactly) -> bytes:
-        return await read_frame(readexactly, self.max_body_bytes)
-
-    def count_images(self, body: bytes) -> int:
-        """Images in a body read by ``read_body`` (a wire frame: its shape[0]), for batching."""
-        return max(1, struct.unpack_from("<I", body, wire.MIN_HEADER)[0])
-
-    def prepare(self, body: bytes, request: Request) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def forward(self, inputs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class BnppBackend(Backend):
-    """The edge half: wire frame -> air interface (as runtime.predict) -> decoder + tail."""
-
-    def __init__(self, edge: EdgeHalf, max_images: int = 32):
-        self.edge, self.max_images = edge, max_images
-        self.classes = edge.classes or [str(i) for i in range(edge.meta["num_classes"])]
-        per_image = wire.payload_size((1, *edge.code_shape), bits=edge.bits)
-        self.max_body_bytes = wire.header_length(4) + max_images * per_image
-
-    def prepare(self, body: bytes, request: Request) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.edge.receive(body)
-        n = z.shape[0]
-        if not 1 <= n <= self.max_images:
-            raise ServeError(f"frame holds {n} images: valid is 1 to {self.max_images}")
-        check_seed(request.seed, request.first_index, n)
-        cond = request.condition
-        param = 0.0 if cond is None else self.edge.param_from_condition(cond)
-        z_hat = torch.cat([self.edge.channel(z[i:i + 1], param,
-                                             generator=air_generator(request.seed, request.first_index + i))
-                           for i in range(n)])
-        return z_hat, torch.full((n,), param, dtype=torch.float64)
-
-    def forward(self, inputs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return self.edge(inputs, params)
-
+from ..errors import BnppError, ServeError
+from .backend import Backend, BnppBackend
+from .batcher import Job, MicroBatcher
+from .halves import load_edge_dir
+from .protocol import ANSWER_LENGTH, LINGER_BYTES, LINGER_S, MAX_TOKEN, REQUEST_HEADER, Request, parse_request_header
 
 # ---- the server --------------------------------------------------------------------------------
 @dataclass
@@ -147,14 +87,6 @@ class ServeStats:
         return d
 
 
-@dataclass
-class _Job:
-    body: bytes
-    request: Request
-    future: asyncio.Future
-    received: float = field(default_factory=time.perf_counter)
-
-
 class EdgeServer:
     """An asyncio server over a Backend; ``serve()`` runs until ``stop()``."""
 
@@ -164,7 +96,6 @@ class EdgeServer:
         self.token = config.token.encode() if config.token else None
         self.stats = ServeStats()
         self.port: int | None = None
-        self._jobs: collections.deque[_Job] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
 
@@ -174,8 +105,10 @@ class EdgeServer:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     async def serve(self, ready: Callable[[str, int], None] | None = None) -> ServeStats:
-        self._loop, self._stop, self._wake = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._conns: set[asyncio.Task] = set()
+        self._batcher = MicroBatcher(self.backend, self.config.max_batch, self.config.batch_window_ms,
+                                     self._record)
         try:
             server = await asyncio.start_server(self._connection, self.config.host, self.config.port)
         except OSError as e:
@@ -183,7 +116,7 @@ class EdgeServer:
             raise ServeError(f"cannot listen on {self.config.host}:{self.config.port}: {reason}") from None
         self.port = server.sockets[0].getsockname()[1]
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnpp-edge")
-        batcher = asyncio.create_task(self._batcher(executor))
+        batcher = asyncio.create_task(self._batcher.run(executor, lambda: len(self._conns)))
         if ready is not None:
             ready(self.config.host, self.port)
         try:
@@ -225,9 +158,8 @@ class EdgeServer:
                 except BnppError as e:  # header, token or frame framing
                     await self._refuse(reader, writer, str(e))
                     return
-                job = _Job(body, request, self._loop.create_future())
-                self._jobs.append(job)
-                self._wake.set()
+                job = Job(body, request, self._loop.create_future())
+                self._batcher.submit(job)
                 answer = await job.future
                 await self._answer(writer, answer)
                 if request.close:
@@ -275,88 +207,21 @@ class EdgeServer:
         if self.on_event is not None:
             self.on_event(event)
 
-    # -- batching (event loop) and compute (worker thread) ------------------------------------
-    async def _batcher(self, executor: ThreadPoolExecutor) -> None:
-        window, max_batch = self.config.batch_window_ms / 1e3, self.config.max_batch
-        count = self.backend.count_images
-        while True:
-            await self._wake.wait()
-            # wait for company while the batch has room and another connected device could still
-            # send (each connection has at most one request queued), at most the window after the
-            # oldest request arrived: a lone device pays no batching delay
-            deadline = self._jobs[0].received + window
-            while (len(self._jobs) < len(self._conns) and sum(count(j.body) for j in self._jobs) < max_batch
-                   and (left := deadline - time.perf_counter()) > 0):
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), left)
-                except asyncio.TimeoutError:
-                    break
-            jobs = [self._jobs.popleft()]
-            images = count(jobs[0].body)
-            while self._jobs and images + count(self._jobs[0].body) <= max_batch:
-                images += count(self._jobs[0].body)
-                jobs.append(self._jobs.popleft())
-            if self._jobs:  # the wake-up event is set exactly while requests wait
-                self._wake.set()
-            else:
-                self._wake.clear()
-            answers, images, edge_ms = await self._loop.run_in_executor(executor, self._compute, jobs)
-            if images:
-                self.stats.batches += 1
-                self.stats.images += images
-                self.stats.edge_ms_total += edge_ms
-            for job, answer in zip(jobs, answers):
-                self.stats.requests += 1
-                self.stats.errors += not answer["ok"]
-                self._emit({"event": "request", **{k: v for k, v in answer.items() if k != "predictions"}})
-                if not job.future.done():
-                    job.future.set_result(answer)
-
-    def _compute(self, jobs: list[_Job]) -> tuple[list[dict[str, Any]], int, float]:
-        """Worker thread: prepare each request, one forward for all of them, split the answers.
-
-        Returns (answers, images computed, edge ms)."""
-        start = time.perf_counter()
-        answers: list[dict[str, Any]] = [{} for _ in jobs]
-        ready, images = [], 0
-        with torch.inference_mode():
-            for k, job in enumerate(jobs):
-                try:
-                    ready.append((k, *self.backend.prepare(job.body, job.request)))
-                except BnppError as e:
-                    answers[k] = {"ok": False, "error": str(e)}
-            try:
-                if ready:
-                    probs = self.backend.forward(torch.cat([r[1] for r in ready]),
-                                                 torch.cat([r[2] for r in ready])).softmax(1)
-                    images = probs.shape[0]
-            except Exception as e:  # a bug must not take the server down: answer, keep serving
-                message = f"edge computation failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                for k, *_ in ready:
-                    answers[k] = {"ok": False, "error": message}
-                ready = []
-        row = 0
-        for k, inputs, _ in ready:
-            n, topk = inputs.shape[0], min(jobs[k].request.topk, probs.shape[1])
-            p, i = probs[row:row + n].topk(topk, dim=1)
-            row += n
-            answers[k] = {"ok": True, "predictions": [[[self.backend.classes[c], v] for v, c in zip(pv, iv)]
-                                                       for pv, iv in zip(p.tolist(), i.tolist())],
-                          "images": n, "batch": images}
-        edge_ms = 1e3 * (time.perf_counter() - start)
-        for job, answer in zip(jobs, answers):
-            answer["queue_ms"] = round(1e3 * (start - job.received), 3)
-            answer["edge_ms"] = round(edge_ms, 3)
-        return answers, images, edge_ms
+    def _record(self, jobs: list[Job], answers: list[dict[str, Any]], images: int, edge_ms: float) -> None:
+        """Counters and events for one computed batch (event loop)."""
+        if images:
+            self.stats.batches += 1
+            self.stats.images += images
+            self.stats.edge_ms_total += edge_ms
+        for answer in answers:
+            self.stats.requests += 1
+            self.stats.errors += not answer["ok"]
+            self._emit({"event": "request", **{k: v for k, v in answer.items() if k != "predictions"}})
 
 
 def load_backend(config: ServeConfig) -> BnppBackend:
     """The edge half of a deploy directory (device.safetensors is not needed)."""
-    d = Path(config.deploy_dir)
-    if not d.is_dir():
-        raise ExportError(f"deploy directory '{d}' does not exist", hint="make one with `bnpp export RUN --out DIR`")
-    return BnppBackend(load_edge(d / EDGE_FILE), max_images=config.max_images)
+    return BnppBackend(load_edge_dir(config.deploy_dir), max_images=config.max_images)
 
 
 def run_server(config: ServeConfig, backend: Backend | None = None,

@@ -1,18 +1,13 @@
-"""`bnpp serve` (the edge, over TCP) and `bnpp infer` (the device, its client): see serve.py, client.py.
+"""`bnpp serve` (the edge, over TCP) and `bnpp infer` (the device, its client): deploy.server, deploy.client."""
 
-cli.py calls ``register(app)`` at import time; the commands are defined inside it so that this
-module can be imported on its own too (cli.py is complete by the time it calls register).
-Heavy imports (torch, timm) happen inside the command bodies.
-"""
-
+from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-TokenOpt = Annotated[Optional[str], typer.Option(
-    "--token", envvar="BNPP_TOKEN", help="Shared secret between devices and the edge (or env BNPP_TOKEN).")]
+from .options import ErasureOpt, JsonOpt, SeedOpt, SnrOpt, TokenOpt, TopOpt, link_condition, write_json_output
 
 
 def _log_event(console, event: dict) -> None:
@@ -24,10 +19,7 @@ def _log_event(console, event: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from .cli import JsonOpt, SeedOpt, handle_errors, link_condition, write_json_output
-
     @app.command()
-    @handle_errors
     def serve(
         deploy: Annotated[Path, typer.Argument(help="Directory with edge.safetensors (the device half is not needed).")],
         host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
@@ -45,7 +37,7 @@ def register(app: typer.Typer) -> None:
         """Serve the edge half over TCP: wire frames in, decoder + tail, top classes out (Ctrl-C stops)."""
         from rich.console import Console
 
-        from .serve import ServeConfig, run_server
+        from ..deploy.server import ServeConfig, run_server
 
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         config = ServeConfig(deploy_dir=str(deploy), host=host, port=port, token=token, max_images=max_images,
@@ -61,28 +53,24 @@ def register(app: typer.Typer) -> None:
                   f"{mean_edge:.2f} ms per tail call")
 
     @app.command()
-    @handle_errors
     def infer(
         deploy: Annotated[Path, typer.Argument(help="Directory with device.safetensors (the edge half is not needed).")],
         images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
         server: Annotated[str, typer.Option("--server", help="The edge: HOST:PORT of `bnpp serve`.")],
-        snr: Annotated[Optional[float], typer.Option(help="Analog channels: PSNR in dB (default: noiseless).")] = None,
-        erasure: Annotated[Optional[float], typer.Option(help="Digital channels: bit error probability.")] = None,
-        top: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
+        snr: SnrOpt = None,
+        erasure: ErasureOpt = None,
+        top: TopOpt = 5,
         token: TokenOpt = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 30.0,
         json_path: JsonOpt = None,
         seed: SeedOpt = 0,
     ):
         """Run the device half here and the edge half on `bnpp serve`: same answers as `bnpp predict`."""
-        from .client import infer_images
-        from .render import console
+        from ..deploy.client import infer_images
+        from .render import render_remote_predictions
 
-        condition, name = link_condition(snr, erasure)
+        condition, flag = link_condition(snr, erasure)
         results = infer_images(deploy, [str(p) for p in images], server, condition=condition, seed=seed,
-                               condition_name=name, topk=top, token=token, timeout_s=timeout)
+                               condition_flag=flag, topk=top, token=token, timeout_s=timeout)
         write_json_output(json_path, [r.to_dict() for r in results])
-        for r in results:
-            best = ", ".join(f"{name} {p:.1%}" for name, p in r.top)
-            console.print(f"[bold]{r.image}[/]: {best}  |  sent {r.bytes_sent} B, device {r.device_ms:.1f} ms, "
-                          f"network {r.network_ms:.1f} ms, edge {r.edge_ms:.1f} ms")
+        render_remote_predictions(results)

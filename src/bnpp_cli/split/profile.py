@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from .backbone import BackboneConfig, load_backbone
-from .compute import node_macs
-from .errors import BnppError
-from .split import SplitPoint, TracedModel, split_model, trace_model
+from .macs import node_macs
+from ..errors import BnppError
+from .graph import SplitPoint, TracedModel, split_model, trace_model
 
 
 @dataclass
@@ -176,8 +176,8 @@ def _sample_inputs(config: ProfileConfig, backbone) -> tuple[torch.Tensor, str]:
     if config.data is None:
         g = torch.Generator().manual_seed(config.seed)
         return torch.randn(config.samples, *input_size, generator=g), "random"
-    from .batching import BatchTransform
-    from .data import load_dataset
+    from ..data.batching import BatchTransform
+    from ..data.datasets import load_dataset
 
     ds = load_dataset(config.data, input_size=tuple(input_size[1:]), train=False)
     n = min(config.samples, len(ds))

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError, choices_hint
+from ..errors import ModelError, choices_hint
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")

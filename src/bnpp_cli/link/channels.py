@@ -1,6 +1,6 @@
 """Simulated communication channels: non-trainable layers between the encoder and the decoder.
 
-Data flow (tensor names as in :mod:`bnpp_cli.codec`)::
+Data flow (tensor names as in :mod:`bnpp_cli.codec.model`)::
 
     z (N, ...) in [0, 1]  --channel(param)-->  z_hat (N, ...)
 
@@ -39,7 +39,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .errors import ChannelError, choices_hint
+from ..errors import ChannelError, choices_hint
+from .quantize import bit_planes, dequantize, expected_levels, quantize, straight_through  # noqa: F401 (re-exported)
 
 Condition = Union[tuple[float, float], float, None]
 Param = Union[float, Tensor]
@@ -57,40 +58,15 @@ def _draw(kind: str, shape: Sequence[int], generator: torch.Generator | None,
     return fn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
 
 
-def quantize(z: Tensor, bits: int = 8) -> Tensor:
-    """Levels q = round((2^bits - 1) clamp(z, 0, 1)) as an int64 tensor (no 256-wrap)."""
-    return torch.round(z.detach().clamp(0.0, 1.0) * (2**bits - 1)).to(torch.int64)
-
-
-def dequantize(levels: Tensor, bits: int = 8, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Inverse of :func:`quantize`: levels / (2^bits - 1), levels may be fractional."""
-    return levels.to(dtype) / (2**bits - 1)
-
-
-def bit_planes(levels: Tensor, bits: int) -> Tensor:
-    """(...,) integer levels -> (..., bits) bits in {0, 1}, least significant bit first."""
-    shifts = torch.arange(bits, device=levels.device, dtype=torch.int64)
-    return (levels.to(torch.int64).unsqueeze(-1) >> shifts) & 1
-
-
-def expected_levels(levels: Tensor, erased: Tensor, bits: int) -> Tensor:
-    """Decode levels whose bits marked in ``erased`` (..., bits) are lost: an erased bit counts
-    as its expected value, half its weight. Returns float32 levels (may be x.5)."""
-    weights = 2.0 ** torch.arange(bits, device=levels.device, dtype=torch.float32)
-    planes = bit_planes(levels, bits).to(torch.float32)
-    return (torch.where(erased, torch.full_like(planes, 0.5), planes) * weights).sum(-1)
-
-
-def _straight_through(z: Tensor, x_hat: Tensor) -> Tensor:
-    """Forward value exactly x_hat, gradient identity w.r.t. z (z + (x_hat - z).detach())."""
-    return x_hat.detach() + (z - z.detach())
-
-
 class Channel(nn.Module):
     """Common interface: a parameter-free layer ``forward(z, param, generator) -> z_hat``."""
 
     name: str = ""
-    condition_name: str | None = None  # "snr_db" | "erasure" | "flip" | None (noiseless)
+    condition_name: str | None = None  # the condition's key in results: "snr_db" | "erasure" | "flip" | None
+    condition_flag: str | None = None  # the command-line flag that sets it: "--snr" | "--erasure" | None
+    condition_unit: str = ""  # "dB" for analog channels; probabilities have no unit
+    condition_axis: str = ""  # the condition's axis label in plots
+    default_eval_conditions: tuple[float, ...] = ()  # what `bnpp eval` reports when given none
     digital: bool = False
     bits: int | None = None  # bits per symbol on digital channels, None on analog ones
     default_train_condition: Condition = None  # used when the constructor gets None
@@ -157,6 +133,14 @@ class Channel(nn.Module):
         """One-line human definition of the channel and its condition."""
         raise NotImplementedError
 
+    def format_condition(self, value: float) -> str:
+        """A condition in words with its unit: "PSNR 20 dB", "p = 0.01"."""
+        return "noiseless"
+
+    def format_train_condition(self) -> str:
+        """The training range in words, e.g. "PSNR 10 dB to noiseless", "p 0 to 0.01"."""
+        return "noiseless"
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, train_condition={self.train_condition}"
 
@@ -178,6 +162,10 @@ class AnalogChannel(Channel):
     """Shared PSNR / SNR handling: condition in dB, native parameter sigma = 10^(-dB / 20)."""
 
     condition_name = "snr_db"
+    condition_flag = "--snr"
+    condition_unit = "dB"
+    condition_axis = "PSNR (dB, peak amplitude 1)"
+    default_eval_conditions = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # dB: BottleNet++'s Fig. 3 range
     default_train_condition: Condition = 20.0  # BottleNet++ headline: sigma < 0.1, PSNR >= 20 dB
 
     def _normalise_condition(self, cond: Condition) -> tuple[float, float]:
@@ -201,6 +189,13 @@ class AnalogChannel(Channel):
     def condition_from_param(self, param: float) -> float:
         sigma = float(param)
         return math.inf if sigma == 0.0 else -20.0 * math.log10(sigma)
+
+    def format_condition(self, value: float) -> str:
+        return "noiseless" if value == math.inf else f"PSNR {value:g} dB"
+
+    def format_train_condition(self) -> str:
+        lo, hi = self.train_condition
+        return f"PSNR {lo:g} dB to {'noiseless' if hi == math.inf else f'{hi:g} dB'}"
 
     def _check_param(self, param: float) -> None:
         if not (math.isfinite(param) and param >= 0.0):
@@ -278,6 +273,9 @@ class DigitalChannel(Channel):
     """Shared n-bit quantisation, probability condition and straight-through gradient."""
 
     digital = True
+    condition_flag = "--erasure"  # the bit probability of any digital channel (bec: erasure, bsc: flip)
+    condition_axis = "bit error probability p"
+    default_eval_conditions = (0.0, 0.001, 0.01, 0.05, 0.1)  # around BottleNet++'s p = 0.01
     default_train_condition: Condition = 0.01  # BottleNet++ headline: p < 0.01
 
     def __init__(self, train_condition: Condition = None, bits: int = 8):
@@ -307,6 +305,13 @@ class DigitalChannel(Channel):
     def condition_from_param(self, param: float) -> float:
         return float(param)
 
+    def format_condition(self, value: float) -> str:
+        return f"p = {value:g}"
+
+    def format_train_condition(self) -> str:
+        lo, hi = self.train_condition
+        return f"p {lo:g} to {hi:g}"
+
     def _check_param(self, param: float) -> None:
         if not (0.0 <= param <= 1.0):
             raise ChannelError(f"bit probability {param} is invalid for {self.name}: "
@@ -323,7 +328,7 @@ class DigitalChannel(Channel):
     def forward(self, z: Tensor, param: Param, generator: torch.Generator | None = None) -> Tensor:
         levels = quantize(z, self.bits)
         x_hat = dequantize(self._corrupt(levels, param, generator), self.bits, z.dtype)
-        return _straight_through(z, x_hat)
+        return straight_through(z, x_hat)
 
 
 class BinaryErasureChannel(DigitalChannel):

@@ -21,13 +21,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .batching import BatchTransform, make_loader
-from .data import check_labels, load_dataset
-from .errors import ChannelError
+from ..data.batching import BatchTransform, make_loader
+from ..data.datasets import check_labels, load_dataset
+from ..errors import ChannelError
+from ..link.config import select_condition
 from .pipeline import Run, load_run
-
-DEFAULT_SNR_DB = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
-DEFAULT_PROBS = (0.0, 0.001, 0.01, 0.05, 0.1)
 
 
 @dataclass
@@ -35,6 +33,7 @@ class EvalConfig:
     run: str
     data: str
     conditions: Sequence[float] | None = None  # dB for analog channels, probabilities for digital ones
+    condition_flag: str | None = None  # the flag that gave them ("--snr" | "--erasure"), checked against the channel
     draws: int = 5  # independent noise draws per condition
     batch_size: int = 256
     limit: int | None = None  # only the first N test images
@@ -50,6 +49,8 @@ class EvalResult:
     split: str
     channel: str
     channel_definition: str
+    condition_axis: str  # what the conditions are, with their unit
+    train_condition: str  # the range the codec was trained for, in words
     feature_shape: list[int]
     code_shape: list[int]
     bandwidth_ratio: float
@@ -71,7 +72,10 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     run = run or load_run(config.run)
     pipeline = run.pipeline.eval()
     channel = pipeline.channel
-    conditions = _conditions(channel, config.conditions)
+    requested = config.conditions
+    if config.condition_flag is not None:
+        requested = select_condition(channel, {config.condition_flag: requested}, "this run's")
+    conditions = _conditions(channel, requested)
     if config.draws < 1:
         raise ChannelError(f"--draws {config.draws} must be at least 1")
     dc = run.config.data_config
@@ -107,14 +111,16 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
         param = channel.param_from_condition(cond)
         draws = 1 if param == 0 else config.draws
         accs = [top1(param, torch.Generator(device=device).manual_seed(config.seed * 1000 + d)) for d in range(draws)]
-        results.append({"condition": {channel.condition_name: cond}, "top1_mean": statistics.fmean(accs),
+        results.append({"condition": {channel.condition_name: cond}, "label": channel.format_condition(cond),
+                        "top1_mean": statistics.fmean(accs),
                         "top1_std": statistics.pstdev(accs) if draws > 1 else 0.0, "draws": draws, "top1": accs})
     codec = run.codec_config
     bits = channel.bits if channel.digital else None
     code_symbols = int(torch.Size(codec.code_shape).numel())
     return EvalResult(
         run=str(run.path), model=run.config.model, split=run.config.split, channel=channel.name,
-        channel_definition=channel.describe(), feature_shape=list(codec.feature_shape),
+        channel_definition=channel.describe(), condition_axis=channel.condition_axis,
+        train_condition=channel.format_train_condition(), feature_shape=list(codec.feature_shape),
         code_shape=list(codec.code_shape), bandwidth_ratio=codec.bandwidth_ratio,
         bit_ratio=codec.bit_ratio(bits) if bits else None, bits=bits, code_symbols=code_symbols,
         payload_bytes=(code_symbols * bits + 7) // 8 if bits else None, images=len(y_all),
@@ -128,7 +134,7 @@ def _conditions(channel, requested: Sequence[float] | None) -> list[float]:
             raise ChannelError(f"channel '{channel.name}' is noiseless: it takes no --snr/--erasure conditions")
         return []
     if requested is None:
-        requested = DEFAULT_SNR_DB if channel.condition_name == "snr_db" else DEFAULT_PROBS
+        requested = channel.default_eval_conditions
     for value in requested:
         channel.param_from_condition(value)  # validates the range, with a message naming the value
     return [float(v) for v in requested]
@@ -143,7 +149,7 @@ def plot_eval(result: EvalResult, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ChannelError("--plot needs matplotlib: pip install 'bnpp[plot]'") from None
-    from .files import atomic_write
+    from ..files import atomic_write
 
     xs = [next(iter(r["condition"].values())) for r in result.results]
     ys = [100 * r["top1_mean"] for r in result.results]
@@ -152,8 +158,7 @@ def plot_eval(result: EvalResult, path: str) -> None:
     ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{result.channel} (mean ± std)")
     ax.axhline(100 * result.backbone_top1, color="k", ls="--", lw=1, label="uncut backbone")
     ax.axhline(100 * result.noiseless_top1, color="g", ls=":", lw=1, label="cut, noiseless link")
-    key = next(iter(result.results[0]["condition"])) if result.results else ""
-    ax.set_xlabel("PSNR (dB, peak amplitude 1)" if key == "snr_db" else "bit error probability p")
+    ax.set_xlabel(result.condition_axis)
     ax.set_ylabel("top-1 (%)")
     bits = f", {result.bit_ratio:.0f}x bits" if result.bit_ratio else ""
     ax.set_title(f"{result.model} @ {result.split}: {result.bandwidth_ratio:.0f}x bandwidth{bits}")

@@ -1,0 +1,73 @@
+"""The `bnpp` command line: a thin Typer layer over the library, one file per command.
+
+Each command parses options, builds a config, calls ONE library function and renders the result.
+Heavy imports (torch, timm) happen inside the command bodies, so `bnpp --help` is instant.
+The one error boundary is ``_Group.invoke``: library errors (BnppError) become one line on stderr
+and exit code 2; BNPP_DEBUG=1 shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+
+def fail(message: str, hint: str | None = None, code: int = 2) -> None:
+    """One error line (and a hint) on stderr, then exit with `code`. Text is printed as is."""
+    from rich.console import Console
+    from rich.text import Text
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("Error:", "bold red"), " ", message))
+    if hint:
+        err.print(Text("Hint: " + hint, style="dim"))
+    raise typer.Exit(code)
+
+
+class _Group(TyperGroup):
+    """Every command runs inside this: the single place that turns library errors into exit 2."""
+
+    def invoke(self, ctx):
+        from ..errors import BnppError
+
+        try:
+            return super().invoke(ctx)
+        except BnppError as e:
+            if os.environ.get("BNPP_DEBUG"):
+                raise
+            fail(str(e), e.hint)
+        except KeyboardInterrupt:
+            fail("interrupted", code=130)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="bnpp",
+    help="Device-edge co-inference with learned feature compression (BottleNet++) for any timm model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Device-edge co-inference with learned feature compression (BottleNet++) for any timm model."""
+
+
+from . import eval as _eval, export as _export, fit as _fit, predict as _predict, profile as _profile  # noqa: E402
+from . import serve as _serve  # noqa: E402
+
+for _module in (_profile, _fit, _eval, _export, _predict, _serve):
+    _module.register(app)
+
+
+def main() -> None:
+    app(prog_name="bnpp")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

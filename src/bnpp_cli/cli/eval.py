@@ -1,0 +1,44 @@
+"""`bnpp eval`: top-1 against channel quality, and the compression actually achieved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import DataOpt, JsonOpt, SeedOpt, link_condition, parse_list, write_json_output
+
+
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run directory made by `bnpp fit`.")],
+    data: DataOpt = None,
+    snr: Annotated[Optional[str], typer.Option(help="PSNR values in dB, e.g. 0,5,10,20 (analog channels).")] = None,
+    erasure: Annotated[Optional[str], typer.Option(help="Probabilities, e.g. 0,0.01,0.05 (digital).")] = None,
+    draws: Annotated[int, typer.Option(help="Noise draws per condition.")] = 5,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
+    data_root: Annotated[Optional[str], typer.Option(help="Root for torchvision datasets.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    json_path: JsonOpt = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write accuracy vs condition as a PNG.")] = None,
+    seed: SeedOpt = 0,
+):
+    """Top-1 against channel quality, and the compression actually achieved."""
+    from ..errors import DataError
+    from ..run.evaluate import EvalConfig, evaluate_run, plot_eval
+    from .render import render_eval
+
+    if data is None:
+        raise DataError("--data is required: the test images (.npz, ImageFolder directory or dataset name)")
+    values, flag = link_condition(snr, erasure)
+    config = EvalConfig(run=str(run), data=data, conditions=parse_list(values, flag),
+                        condition_flag=flag, draws=draws, limit=limit, data_root=data_root, device=device, seed=seed)
+    result = evaluate_run(config)
+    write_json_output(json_path, result.to_dict())
+    if plot is not None:
+        plot_eval(result, str(plot))
+    render_eval(result)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="eval")(eval_)

@@ -1,0 +1,46 @@
+"""`bnpp profile`: valid split points with compute, feature size and sparsity; where to split."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
+                      backbone_config, write_json_output)
+
+
+def profile(
+    model: ModelArg,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    num_classes: NumClassesOpt = None,
+    img_size: ImgSizeOpt = None,
+    all_points: Annotated[bool, typer.Option("--all", help="Every valid split point, not only the named ones.")] = False,
+    data: DataOpt = None,
+    samples: Annotated[int, typer.Option(help="Images used for the sparsity figures.")] = 16,
+    repeats: Annotated[int, typer.Option(help="Timed runs per head (median reported).")] = 5,
+    verify: Annotated[bool, typer.Option("--verify", help="Check tail(head(x)) == model(x) at every point.")] = False,
+    bandwidth_mbps: Annotated[float, typer.Option(help="Budget: uplink bandwidth in Mbit/s.")] = 10.0,
+    device_gmacs: Annotated[float, typer.Option(help="Budget: device speed in GMAC/s.")] = 10.0,
+    edge_gmacs: Annotated[float, typer.Option(help="Budget: edge speed in GMAC/s.")] = 1000.0,
+    ratio: Annotated[float, typer.Option(help="Budget: expected bit compression of the codec vs float32.")] = 64.0,
+    json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
+):
+    """List valid split points with compute, feature size and sparsity; recommend where to split."""
+    from ..split.profile import Budget, ProfileConfig, profile_model
+    from .render import render_profile
+
+    config = ProfileConfig(
+        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size), all_points=all_points,
+        data=data, samples=samples, repeats=repeats, verify=verify, seed=seed,
+        budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs, ratio=ratio),
+    )
+    result = profile_model(config)
+    write_json_output(json_path, result.to_dict())
+    render_profile(result)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(profile)

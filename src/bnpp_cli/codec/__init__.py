@@ -1,0 +1,1 @@
+"""What learns: the encoder / decoder pair, its layers, its presets and its config."""

@@ -1,0 +1,135 @@
+"""Codec presets: one registered object per preset, holding everything the preset decides.
+
+    CodecPreset(name, layers: CodecConfig -> (encoder body, decoder body), recipe, planning rule, ...)
+
+Registered by name the way timm registers models (``register_preset``, ``get_preset``,
+``list_presets``); an unknown name fails naming the valid ones. Nothing outside this module
+compares a preset's name: ``plan_codec``, ``CodecConfig`` and ``fit`` ask the preset object.
+
+- ``bottlenetpp``: the paper (Shao & Zhang, ICC-W 2020). Encoder Conv3x3(C+1 -> C') [Conv2x2
+  stride 2 with spatial reduction] -> BN -> sigmoid. Decoder Conv3x3(C' -> C) [ConvTranspose2x2
+  stride 2] -> BN -> ReLU. The decoder pairing is the intended one; the official code swaps the two
+  branches (a bug). Recipe: constant Adam 1e-4, batch 32, cross-entropy only. Halves H, W only
+  when C / ratio < 1.
+- ``bnpp``: two conv layers per side with ``hidden_channels`` in between (BN + ReLU), plus
+  ``encoder_blocks`` residual blocks at that width in the encoder, the condition plane fed to the
+  decoder too; the encoder still ends in BN -> sigmoid; the decoder in a biased conv and the output
+  activation. Also halves H, W for a thin code (C / ratio < 4) on a map of at least 4 x 4.
+  Recipe: what won in benchmarks/codec_ablation.py and benchmarks/rate_accuracy.py (README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from torch import nn
+
+from ..errors import CodecError, choices_hint
+from .layers import ResidualBlock, activation, down, up
+
+if TYPE_CHECKING:
+    from .config import CodecConfig
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a preset's codec trains, where FitConfig leaves a field None."""
+
+    lr: float  # Adam, phase codec
+    batch_size: int  # per process
+    distill: float  # weight of T^2 KL(uncut model || pipeline)
+    distill_temperature: float  # softmax temperature T of that KL
+    lr_schedule: str  # "cosine" (per step to 0 over each phase) or "constant"
+
+
+@dataclass(frozen=True)
+class CodecPreset:
+    name: str
+    layers: Callable[["CodecConfig"], tuple[nn.Sequential, nn.Sequential]]
+    recipe: Recipe
+    thin_code_channels: float | None  # halve H, W when C / ratio is below this (maps >= 4 x 4); None: never
+    decoder_condition: bool  # the decoder also sees the channel parameter
+    hidden_width: Callable[[int, int], int] | None  # (C, C') -> inner width; None: no inner layer
+    default_encoder_blocks: int | None  # residual blocks in the encoder; None: the preset has none
+
+    def halves_thin_code(self, c: int, h: int, w: int, ratio: float) -> bool:
+        """The preset's own stride-2 rule, beyond the paper's C / ratio < 1."""
+        t = self.thin_code_channels
+        return t is not None and c / ratio < t and h >= 4 and w >= 4
+
+
+_PRESETS: dict[str, CodecPreset] = {}
+
+
+def register_preset(preset: CodecPreset) -> CodecPreset:
+    if preset.name in _PRESETS:
+        raise CodecError(f"codec preset {preset.name!r} is registered twice")
+    _PRESETS[preset.name] = preset
+    return preset
+
+
+def list_presets() -> list[str]:
+    return list(_PRESETS)
+
+
+def get_preset(name: str) -> CodecPreset:
+    preset = _PRESETS.get(name)
+    if preset is None:
+        raise CodecError(f"unknown codec preset {name!r}; valid: {', '.join(_PRESETS)}",
+                         hint=choices_hint(str(name), _PRESETS))
+    return preset
+
+
+def default_hidden_channels(in_channels: int, code_channels: int) -> int:
+    """bnpp hidden width: 4 C' (at least 64) but never above C, and never below C'.
+
+    4 C' gives each side room to mix before the bottleneck; the floor of 64 matters at high
+    ratios, where C' is 1-4 (resnet18 layer2 at 64x: width 16 lost 1.2 points more than 64,
+    and 128 gained nothing over 64); capping at C keeps the codec small next to a wide
+    backbone (C = 2048, C' = 32 -> 128)."""
+    return max(code_channels, min(in_channels, max(4 * code_channels, 64)))
+
+
+def _bottlenetpp_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
+    c, k, s = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction
+    encoder = nn.Sequential(down(c + 1, k, s), nn.BatchNorm2d(k), nn.Sigmoid())
+    decoder = nn.Sequential(up(k + int(cfg.decoder_condition), c, s), nn.BatchNorm2d(c),
+                            *activation(cfg.output_activation))
+    return encoder, decoder
+
+
+def _bnpp_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
+    c, k, s = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction
+    hid = cfg.hidden_channels or default_hidden_channels(c, k)
+    encoder = nn.Sequential(
+        nn.Conv2d(c + 1, hid, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(hid),
+        nn.ReLU(inplace=True),
+        *[ResidualBlock(hid) for _ in range(cfg.encoder_blocks)],
+        down(hid, k, s), nn.BatchNorm2d(k), nn.Sigmoid(),
+    )
+    decoder = nn.Sequential(
+        up(k + int(cfg.decoder_condition), hid, s), nn.BatchNorm2d(hid), nn.ReLU(inplace=True),
+        nn.Conv2d(hid, c, kernel_size=3, padding=1), *activation(cfg.output_activation),
+    )
+    return encoder, decoder
+
+
+BOTTLENETPP = register_preset(CodecPreset(
+    name="bottlenetpp", layers=_bottlenetpp_layers,
+    recipe=Recipe(lr=1e-4, batch_size=32, distill=0.0, distill_temperature=1.0, lr_schedule="constant"),
+    thin_code_channels=None, decoder_condition=False, hidden_width=None, default_encoder_blocks=None,
+))
+
+BNPP = register_preset(CodecPreset(
+    name="bnpp", layers=_bnpp_layers,
+    # 10x the paper's lr (the codec is small and starts from scratch) with cosine decay to 0, and
+    # distillation from the uncut model's logits at T = 4 (benchmarks/codec_ablation.py, session 2)
+    recipe=Recipe(lr=1e-3, batch_size=64, distill=1.0, distill_temperature=4.0, lr_schedule="cosine"),
+    # stride-2 code below C / ratio = 4: won at C / R = 1 and 2, lost at 4 (layer1 16x; README)
+    thin_code_channels=4,
+    decoder_condition=True, hidden_width=default_hidden_channels,
+    default_encoder_blocks=1,  # one residual block: -0.65 points of drop at layer2 64x (ablation)
+))

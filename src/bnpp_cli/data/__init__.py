@@ -1,0 +1,1 @@
+"""Datasets (.npz, ImageFolder, torchvision names) and batching with per-batch transforms."""

@@ -1,0 +1,240 @@
+"""`bnpp fit`: validate everything, build the pipeline, then train with the run directory kept current.
+
+    fit_codec(FitConfig) -> FitResult
+      check options and the output directory -> load backbone (and, on --resume, its saved weights)
+      -> trace, find the split -> load data -> plan the codec -> RunConfig -> build_pipeline
+      -> for each epoch of each phase: loop.train_epoch, loop.validate, RunDir.save_checkpoint
+      -> RunDir.write_final
+
+Runs on CPU, one GPU (bf16 autocast with ``amp``), or several processes under ``torchrun``
+(distributed.py; rank 0 writes the run directory). The loop never prints: progress goes to a
+callback. After every epoch a checkpoint makes the run resumable.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..codec.config import CodecConfig, plan_codec
+from ..codec.presets import LR_SCHEDULES, get_preset
+from ..data.batching import BatchTransform, make_loader
+from ..data.datasets import check_labels, load_dataset, split_train_val
+from ..errors import BnppError, CodecError, RunError
+from ..split.backbone import load_backbone
+from ..split.graph import split_model, trace_model
+from . import distributed
+from .config import FitConfig, RunConfig
+from .loop import Callback, EpochSpec, make_optimizer, set_trainable, train_epoch, validate
+from .pipeline import SplitPipeline, build_pipeline
+from .rundir import CONFIG_FILE, RunDir
+
+
+def resolve_recipe(config: FitConfig) -> FitConfig:
+    """Fill the fields left None from the preset's recipe (explicit values always win)."""
+    recipe = get_preset(config.preset).recipe
+    fill = {k: getattr(recipe, k) for k in ("lr", "batch_size", "distill", "distill_temperature", "lr_schedule")}
+    return replace(config, **{k: v for k, v in fill.items() if getattr(config, k) is None})
+
+
+@dataclass
+class FitResult:
+    run: str
+    config: RunConfig
+    epochs: list[dict[str, Any]]
+    seconds: float
+
+
+def _noop(event: str, info: dict[str, Any]) -> None:
+    pass
+
+
+def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
+    """Validate everything, then train; the run directory appears only once the inputs are sound."""
+    rank, world = distributed.rank_and_world()
+    config = resolve_recipe(config)
+    run_dir = RunDir(config.out)
+    if config.resume and not run_dir.is_run:
+        raise RunError(f"cannot resume: '{run_dir}' is not a bnpp run directory (no {CONFIG_FILE})")
+    if not config.resume and not run_dir.is_empty():
+        raise RunError(f"run directory '{run_dir}' already exists and is not empty",
+                       hint="pass --resume to continue it, or choose another --out")
+    _check_numbers(config)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BnppError(f"--device {config.device}: CUDA is not available on this machine", hint="use --device cpu")
+    config.channel.build()  # validates the channel and its training condition
+    torch.manual_seed(config.seed)  # a random-init backbone is reproducible too
+    backbone = load_backbone(config.backbone)
+    saved = run_dir.read_config() if config.resume else None
+    if saved is not None:
+        _check_resumable(run_dir, saved, config)
+        backbone.model.load_state_dict(run_dir.read_source_backbone(), strict=True)
+    input_size = backbone.input_size
+    traced = trace_model(backbone.model, input_size, config.backbone.model)
+    point = traced.find(config.split)
+    if len(point.shape) != 3:
+        raise CodecError(f"split point '{point.name}' has a token feature {point.shape}: only C x H x W conv "
+                         "features are supported yet", hint="pick a conv split point (see `bnpp profile`)")
+    train_set = load_dataset(config.data, input_size=tuple(input_size[1:]), train=True, root=config.data_root)
+    num_classes = backbone.num_classes
+    check_labels(train_set, num_classes)
+    if config.val_data:
+        val_set = load_dataset(config.val_data, input_size=tuple(input_size[1:]), train=False, root=config.data_root)
+        check_labels(val_set, num_classes)
+    else:
+        train_set, val_set = split_train_val(train_set, config.val_fraction, config.seed)
+    if config.limit is not None:
+        train_set = torch.utils.data.Subset(train_set, range(min(config.limit, len(train_set))))
+    head, _ = split_model(traced, point)
+    codec_cfg = plan_codec(point.shape, ratio=config.ratio if config.code_channels is None else None,
+                           code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
+                           preset=config.preset, feature_nonnegative=_nonnegative(head, train_set, backbone.data_config),
+                           hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks)
+    if saved is not None:
+        _check_same_codec(run_dir, saved.codec, codec_cfg)
+    run_config = RunConfig(
+        model=config.backbone.model, create_kwargs=backbone.create_kwargs, source_weights=backbone.weights,
+        data_config=backbone.data_config, split=point.name, feature_shape=list(point.shape),
+        codec=codec_cfg, channel=config.channel, classes=_classes_of(train_set), num_classes=num_classes,
+        fit=config,
+    )
+    torch.manual_seed(config.seed)
+    pipeline, _ = build_pipeline(backbone.model, run_config, traced)
+    trainer = _Trainer(config, run_config, run_dir, backbone.model, pipeline.to(device), train_set, val_set,
+                       callback, rank, world)
+    return trainer.run()
+
+
+def _check_resumable(run_dir: RunDir, saved: RunConfig, config: FitConfig) -> None:
+    """Resume only a run of the same model, split, preset and channel."""
+    fit = saved.fit
+    asked = {"model": config.backbone.model, "split": config.split, "preset": config.preset,
+             "channel": config.channel.name}
+    found = {"model": saved.model, "split": fit.split if fit else None, "preset": fit.preset if fit else None,
+             "channel": saved.channel.name}
+    for key, value in asked.items():
+        if found[key] != value:
+            raise RunError(f"cannot resume '{run_dir}': it was fitted with {key} {found[key]!r}, not {value!r}")
+
+
+def _check_same_codec(run_dir: RunDir, saved: CodecConfig, codec_cfg: CodecConfig) -> None:
+    """Resume only into the codec the run started with (other options, or another bnpp version's
+    defaults, would build a codec its checkpoint does not fit)."""
+    diff = saved.differences(codec_cfg)
+    if diff:
+        have = ", ".join(f"{k} {was!r}" for k, (was, _) in diff.items())
+        give = ", ".join(f"{now!r}" for was, now in diff.values())
+        raise RunError(f"cannot resume '{run_dir}': its codec has {have}, these options give {give}",
+                       hint=f"pass the options it was fitted with (see {run_dir.file(CONFIG_FILE)})")
+
+
+def _check_numbers(c: FitConfig) -> None:
+    bad = [(k, v) for k, v in (("--codec-epochs", c.codec_epochs), ("--joint-epochs", c.joint_epochs)) if v < 0]
+    bad += [(k, v) for k, v in (("--lr", c.lr), ("--joint-lr", c.joint_lr), ("--batch-size", c.batch_size)) if not v > 0]
+    bad += [("--distill", c.distill)] if c.distill < 0 else []
+    bad += [("--distill-temperature", c.distill_temperature)] if not c.distill_temperature > 0 else []
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise BnppError(f"unknown --lr-schedule {c.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+    bad += [("--limit", c.limit)] if c.limit is not None and c.limit < 1 else []
+    if bad:
+        raise BnppError(f"{bad[0][0]} {bad[0][1]} is out of range", hint="epochs >= 0; lr, batch size > 0")
+    if c.codec_epochs + c.joint_epochs == 0:
+        raise BnppError("nothing to train: --codec-epochs and --joint-epochs are both 0")
+
+
+def _classes_of(dataset) -> list[str] | None:
+    while isinstance(dataset, torch.utils.data.Subset) and not getattr(dataset, "classes", None):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    return list(classes) if classes else None
+
+
+@torch.no_grad()
+def _nonnegative(head: nn.Module, dataset, data_config) -> bool:
+    """Is the feature post-ReLU (so the decoder may end in ReLU, as the paper's does)?"""
+    n = min(16, len(dataset))
+    x = torch.stack([dataset[i][0] for i in range(n)])
+    f = head(BatchTransform(data_config["mean"], data_config["std"], augment=False)(x))
+    return bool((f >= 0).all())
+
+
+class _Trainer:
+    """Phases and epochs around the loop: optimizers, checkpoints and the run directory's files."""
+
+    def __init__(self, config: FitConfig, run_config: RunConfig, run_dir: RunDir, model: nn.Module,
+                 pipeline: SplitPipeline, train_set, val_set, callback: Callback, rank: int, world: int):
+        self.c, self.rc, self.dir, self.model, self.pipeline = config, run_config, run_dir, model, pipeline
+        self.train_set, self.val_set, self.cb = train_set, val_set, callback
+        self.rank, self.world = rank, world
+        self.device = torch.device(config.device)
+        dc = run_config.data_config
+        self.train_tf = BatchTransform(dc["mean"], dc["std"], augment=config.augment)
+        self.eval_tf = BatchTransform(dc["mean"], dc["std"], augment=False)
+        self.epochs: list[dict[str, Any]] = []
+        # the uncut model as it was before fine-tuning, for distillation in phase joint
+        self.teacher = copy.deepcopy(model).eval() if config.distill > 0 and config.joint_epochs > 0 else None
+        self.plan = [("codec", i) for i in range(config.codec_epochs)] + [("joint", i) for i in range(config.joint_epochs)]
+
+    def run(self) -> FitResult:
+        t0 = time.perf_counter()
+        # tiny gradients through a trained backbone become denormal floats, which x86 CPUs process
+        # 10-100x slower; flushing them to zero changes nothing measurable in training
+        torch.set_flush_denormal(True)
+        self.device = distributed.init(self.world, self.device, self.pipeline)
+        start, state = 0, None
+        if self.c.resume:
+            state = self._load_checkpoint()
+            start, self.epochs = state["step"], list(state["epochs"])
+        elif self.rank == 0:
+            self.dir.write_start(self.rc, self.model.state_dict())
+        phase = optimizer = scheduler = forward = None
+        for step in range(start, len(self.plan)):
+            ph, epoch = self.plan[step]
+            if ph != phase:
+                phase = ph
+                epochs = sum(1 for q, _ in self.plan if q == ph)
+                steps = epochs * len(make_loader(self.train_set, self.c.batch_size, shuffle=True, seed=self.c.seed,
+                                                 drop_last=True, distributed=self.world > 1))
+                optimizer, scheduler = make_optimizer(set_trainable(self.pipeline, ph),
+                                                      self.c.lr if ph == "codec" else self.c.joint_lr,
+                                                      self.c.lr_schedule, steps)
+                forward = distributed.wrap(self.pipeline, self.world, self.device)
+                if state is not None and state["phase"] == ph:
+                    optimizer.load_state_dict(state["optimizer"])
+                    scheduler.load_state_dict(state["scheduler"])
+                self.cb("phase", {"phase": ph, "epochs": epochs})
+            torch.manual_seed(self.c.seed * 1000 + step)
+            spec = EpochSpec(ph, epoch, step, self.c.seed, self.c.batch_size, self.c.distill,
+                             self.c.distill_temperature, self.c.amp, self.rank, self.world)
+            record = train_epoch(spec, self.pipeline, forward, self.teacher, self.train_set, self.train_tf,
+                                 optimizer, scheduler, self.device, self.cb)
+            if self.rank == 0:
+                record.update(validate(self.pipeline, self.val_set, self.eval_tf, self.device))
+                self.epochs.append(record)
+                self._save_checkpoint(step + 1, ph, optimizer, scheduler)
+                self.cb("epoch", record)
+            distributed.barrier(self.world)
+        seconds = time.perf_counter() - t0
+        if self.rank == 0:
+            self.dir.write_final(self.pipeline.codec.state_dict(),
+                                 self.model.state_dict() if self.c.joint_epochs > 0 else None, seconds, self.epochs)
+        return FitResult(str(self.dir), self.rc, self.epochs, seconds)
+
+    def _save_checkpoint(self, step: int, phase: str, optimizer, scheduler) -> None:
+        state = {"step": step, "phase": phase, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "codec": self.pipeline.codec.state_dict(),
+                 "epochs": self.epochs, "backbone": self.model.state_dict() if phase == "joint" else None}
+        self.dir.save_checkpoint(state, self.epochs)
+
+    def _load_checkpoint(self) -> dict[str, Any]:
+        state = self.dir.load_checkpoint(self.device)
+        self.pipeline.codec.load_state_dict(state["codec"])
+        if state.get("backbone") is not None:
+            self.model.load_state_dict(state["backbone"])
+        return state

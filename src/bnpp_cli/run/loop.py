@@ -1,0 +1,152 @@
+"""The training loop of `bnpp fit`, and validation: no files, no printing, no process groups.
+
+Phase "codec" (BottleNet++ step 2): the backbone is frozen (its BatchNorm in eval mode, its
+parameters without gradients) and only the codec trains, Adam, cross-entropy (+ optional
+distillation from the uncut model's logits), the channel condition drawn per mini-batch over the
+training range. The frozen head runs under ``torch.no_grad`` (no autograd graph, no activations
+kept, and no parameter gradients anywhere in the backbone); only codec and tail see autograd.
+Phase "joint" (step 3, optional): everything fine-tunes at a lower learning rate; the backbone's
+BatchNorm statistics stay frozen (small batches would only add noise to them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.batching import BatchTransform, make_loader
+
+Callback = Callable[[str, dict[str, Any]], None]  # (event, info): "phase", "epoch_start", "batch", "epoch"
+
+
+def scheduled_lr(base: float, schedule: str, step: int, steps: int) -> float:
+    """Learning rate at optimizer step ``step`` of ``steps`` in a phase: constant, or cosine
+    decay from ``base`` to 0 (Loshchilov & Hutter, SGDR, without restarts)."""
+    return base * lr_factor(schedule, step, steps)
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The multiplier of the base lr at ``step`` (the lambda of torch's LambdaLR)."""
+    if schedule == "constant" or steps <= 1:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def make_optimizer(params, lr: float, schedule: str, steps: int):
+    """Adam and its per-step schedule (torch.optim.lr_scheduler.LambdaLR; its state is checkpointed)."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, steps))
+    return optimizer, scheduler
+
+
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(teacher / T) || softmax(logits / T)), batch mean (Hinton et al., 2015: the
+    T^2 keeps the gradient scale independent of T)."""
+    t = float(temperature)
+    return t * t * F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(teacher.float() / t, 1),
+                            log_target=True, reduction="batchmean")
+
+
+def set_trainable(pipeline: nn.Module, phase: str) -> list[nn.Parameter]:
+    """Phase codec: only the codec learns; phase joint: everything. BN of the backbone stays frozen."""
+    joint = phase == "joint"
+    for module in (pipeline.head, pipeline.tail):
+        for param in module.parameters():
+            param.requires_grad_(joint)
+    pipeline.head.eval()
+    pipeline.tail.eval()  # frozen BN statistics in both phases
+    pipeline.codec.train()
+    return [q for q in pipeline.parameters() if q.requires_grad]
+
+
+@dataclass
+class EpochSpec:
+    """What one epoch of training needs besides the model and the data."""
+
+    phase: str  # "codec" | "joint"
+    epoch: int  # within the phase
+    step: int  # the epoch's index over both phases (seeds derive from it)
+    seed: int
+    batch_size: int
+    distill: float
+    distill_temperature: float
+    amp: bool
+    rank: int = 0
+    world: int = 1
+
+
+def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teacher: nn.Module | None,
+                train_set, transform: BatchTransform, optimizer, scheduler, device: torch.device,
+                callback: Callback) -> dict[str, Any]:
+    """One pass over the training images; returns the epoch's record. ``forward`` is the pipeline
+    or its DDP wrapper; ``teacher`` the uncut model (phase joint with distillation)."""
+    loader = make_loader(train_set, spec.batch_size, shuffle=True, seed=spec.seed, drop_last=True,
+                         distributed=spec.world > 1)
+    loader.set_epoch(spec.step)
+    gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + spec.step * 31 + spec.rank)
+    aug_gen = torch.Generator().manual_seed(spec.seed * 104729 + spec.step * 17 + spec.rank)
+    channel = pipeline.channel
+    total, correct, loss_sum, seen = len(loader), 0, 0.0, 0
+    callback("epoch_start", {"phase": spec.phase, "epoch": spec.epoch, "batches": total})
+    t0 = time.perf_counter()
+    amp = spec.amp and device.type == "cuda"
+    for i, (x, y) in enumerate(loader):
+        x = transform(x, generator=aug_gen).to(device, non_blocking=True)
+        y = y.to(device)
+        param = channel.sample_param(x.shape[0], generator=gen, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if spec.phase == "codec":
+                with torch.no_grad():
+                    f = pipeline.head(x)
+                    target = pipeline.tail(f) if spec.distill > 0 else None
+                logits = forward(f, param, gen, True)
+            else:
+                with torch.no_grad():
+                    target = teacher(x) if teacher is not None else None
+                logits = forward(x, param, gen)
+            loss = F.cross_entropy(logits.float(), y)
+            if target is not None:
+                loss = loss + spec.distill * distillation_loss(logits, target, spec.distill_temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        n = y.shape[0]
+        seen += n
+        loss_sum += float(loss.detach()) * n
+        correct += int((logits.argmax(1) == y).sum())
+        if spec.rank == 0:
+            callback("batch", {"step": i + 1, "batches": total, "loss": loss_sum / seen, "acc": correct / seen,
+                               "images_per_s": seen * spec.world / (time.perf_counter() - t0)})
+    return {"phase": spec.phase, "epoch": spec.epoch, "train_loss": loss_sum / max(seen, 1),
+            "train_top1": correct / max(seen, 1), "seconds": time.perf_counter() - t0,
+            "images": seen * spec.world}
+
+
+@torch.no_grad()
+def validate(pipeline: nn.Module, val_set, transform: BatchTransform, device: torch.device) -> dict[str, Any]:
+    """Top-1 on the validation images: noiseless link, and at the worst training condition."""
+    if val_set is None or len(val_set) == 0:
+        return {}
+    pipeline.eval()
+    channel = pipeline.channel
+    worst = float(channel.param_range[1])
+    gen = torch.Generator(device=device).manual_seed(12345)
+    hits = {"val_top1_noiseless": 0, "val_top1_worst": 0}
+    n = 0
+    for x, y in make_loader(val_set, 256, shuffle=False, seed=0):
+        x, y = transform(x).to(device), y.to(device)
+        f = pipeline.head(x)
+        hits["val_top1_noiseless"] += int((pipeline.from_features(f, 0.0).argmax(1) == y).sum())
+        hits["val_top1_worst"] += int((pipeline.from_features(f, worst, gen).argmax(1) == y).sum())
+        n += y.shape[0]
+    pipeline.codec.train()
+    out: dict[str, Any] = {k: v / n for k, v in hits.items()}
+    out["val_worst_condition"] = channel.condition_from_param(worst) if worst else None
+    return out
