@@ -80,3 +80,14 @@ def test_img_size_reaches_vits_and_the_data_config():
     assert bb.create_kwargs["img_size"] == 64  # ViTs take it as a constructor argument
     cnn = load_backbone(BackboneConfig("test_resnet", img_size=48))
     assert cnn.input_size == (3, 48, 48) and "img_size" not in cnn.create_kwargs
+
+
+def test_model_kwargs_parse_like_timm_train_and_reach_the_model():
+    from bnpp_cli.split.backbone import parse_model_kwargs
+
+    assert parse_model_kwargs(["patch_size=4", "depth=6", "drop_rate=0.1", "class_token=false", "act=gelu"]) == {
+        "patch_size": 4, "depth": 6, "drop_rate": 0.1, "class_token": False, "act": "gelu"}
+    with pytest.raises(ModelError, match="'depth' is not key=value"):
+        parse_model_kwargs(["depth"])
+    bb = load_backbone(BackboneConfig("test_vit", img_size=32, model_kwargs=parse_model_kwargs(["patch_size=4"])))
+    assert bb.create_kwargs["patch_size"] == 4 and tuple(bb.model.patch_embed.grid_size) == (8, 8)

@@ -13,6 +13,9 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="Local weights: .safetensors, or .pth/.pt (read with weights_only=True).")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier size (default: the model's).")]
 ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="Square input size (default: the model's).")]
+ModelKwargsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--model-kwargs", help="timm.create_model keyword argument as key=value (int, float, bool or string); "
+                           "repeatable: --model-kwargs patch_size=4 --model-kwargs depth=6.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Images: .npz (x uint8 NxHxWx3, y), an ImageFolder directory, or cifar10/cifar100/...")]
@@ -24,11 +27,11 @@ TokenOpt = Annotated[Optional[str], typer.Option(
     "--token", envvar="BNPP_TOKEN", help="Shared secret between devices and the edge (or env BNPP_TOKEN).")]
 
 
-def backbone_config(model, pretrained, checkpoint, num_classes, img_size):
-    from ..split.backbone import BackboneConfig
+def backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs=None):
+    from ..split.backbone import BackboneConfig, parse_model_kwargs
 
     return BackboneConfig(model=model, pretrained=pretrained, checkpoint=str(checkpoint) if checkpoint else None,
-                          num_classes=num_classes, img_size=img_size)
+                          num_classes=num_classes, img_size=img_size, model_kwargs=parse_model_kwargs(model_kwargs))
 
 
 def write_json_output(path: Path | None, obj) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
+from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
                       backbone_config, write_json_output)
 
 
@@ -16,6 +16,7 @@ def profile(
     checkpoint: CheckpointOpt = None,
     num_classes: NumClassesOpt = None,
     img_size: ImgSizeOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
     all_points: Annotated[bool, typer.Option("--all", help="Every valid split point, not only the named ones.")] = False,
     data: DataOpt = None,
     samples: Annotated[int, typer.Option(help="Images used for the sparsity figures.")] = 16,
@@ -33,7 +34,7 @@ def profile(
     from .render import render_profile
 
     config = ProfileConfig(
-        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size), all_points=all_points,
+        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs), all_points=all_points,
         data=data, samples=samples, repeats=repeats, verify=verify, seed=seed,
         budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs, ratio=ratio),
     )

@@ -54,6 +54,30 @@ class Backbone:
         return int(getattr(self.model, "num_classes", 0) or 0)
 
 
+def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """timm train.py's ``--model-kwargs key=value`` (repeatable) -> {key: value}; values parse as
+    int, float, bool (true/false) or else stay strings: ``patch_size=4 depth=6 class_token=false``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ModelError(f"--model-kwargs {item!r} is not key=value", hint="e.g. --model-kwargs patch_size=4")
+        out[key] = _parse_value(raw.strip())
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
 def _check_model_name(name: str) -> None:
     import timm
 
