@@ -19,19 +19,17 @@ from bnpp_cli.deploy.halves import check_pair, load_device, load_edge
 from bnpp_cli.deploy.export import export_halves
 from bnpp_cli.run.pipeline import load_run
 
-from .helpers import tiny_run
-
 runner = CliRunner()
 CASES = [("test_resnet", "layer2", "awgn", 20.0), ("test_efficientnet", "blocks.2", "awgn", 20.0),
          ("test_convnext", "stages.1", "bec", 0.01)]
 
 
 @pytest.mark.parametrize("model,split,channel,cond", CASES)
-def test_composed_halves_reproduce_the_fitted_pipeline_exactly(tmp_path, model, split, channel, cond):
-    tiny_run(tmp_path, model=model, split=split, channel=channel, condition=cond, ratio=4)
-    res = export_halves(tmp_path / "run", tmp_path / "deploy")
+def test_composed_halves_reproduce_the_fitted_pipeline_exactly(tmp_path, fitted, model, split, channel, cond):
+    fit = fitted(model=model, split=split, channel=channel, condition=cond, ratio=4)
+    res = export_halves(fit.run, tmp_path / "deploy")
     device, edge = load_device(res.device_path), load_edge(res.edge_path)
-    run = load_run(tmp_path / "run")
+    run = load_run(fit.run)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         reference = run.pipeline(x, 0.0)
@@ -45,16 +43,16 @@ def test_composed_halves_reproduce_the_fitted_pipeline_exactly(tmp_path, model, 
     assert torch.equal(a, b)
 
 
-def test_halves_hold_only_their_own_tensors(tmp_path):
-    tiny_run(tmp_path)
-    res = export_halves(tmp_path / "run", tmp_path / "deploy")
+def test_halves_hold_only_their_own_tensors(tmp_path, fitted):
+    run_dir = fitted().run
+    res = export_halves(run_dir, tmp_path / "deploy")
     with safe_open(res.device_path, "pt") as f:
         dev_keys, meta = list(f.keys()), f.metadata()
     with safe_open(res.edge_path, "pt") as f:
         edge_keys = list(f.keys())
     assert dev_keys and all(k.startswith(("head.", "encoder.")) for k in dev_keys)
     assert edge_keys and all(k.startswith(("decoder.", "tail.")) for k in edge_keys)
-    run = load_run(tmp_path / "run")
+    run = load_run(run_dir)
     p = run.pipeline
     n_dev = sum(t.numel() for m in (p.head, p.codec.encoder) for t in m.parameters())
     n_edge = sum(t.numel() for m in (p.codec.decoder, p.tail) for t in m.parameters())
@@ -68,10 +66,10 @@ def test_halves_hold_only_their_own_tensors(tmp_path):
     assert cfg["data_config"]["input_size"] == [3, 32, 32] and len(cfg["data_config"]["mean"]) == 3
 
 
-def test_payload_size_equals_eval_code_size(tmp_path):
-    _, data = tiny_run(tmp_path, channel="bec", condition=0.01, ratio=16)
-    res = export_halves(tmp_path / "run", tmp_path / "deploy")
-    ev = evaluate_run(EvalConfig(run=str(tmp_path / "run"), data=str(data), conditions=[0.0], draws=1))
+def test_payload_size_equals_eval_code_size(tmp_path, fitted):
+    run_dir, data, _ = fitted(channel="bec", condition=0.01, ratio=16)
+    res = export_halves(run_dir, tmp_path / "deploy")
+    ev = evaluate_run(EvalConfig(run=str(run_dir), data=str(data), conditions=[0.0], draws=1))
     device = load_device(res.device_path)
     with torch.no_grad():
         frame = device.payload(device(torch.randn(1, 3, 32, 32)))
@@ -80,11 +78,9 @@ def test_payload_size_equals_eval_code_size(tmp_path):
     assert f.kind == "digital" and f.bits == 8 and list(f.shape[1:]) == ev.code_shape
 
 
-def test_bad_files_and_mismatched_pairs(tmp_path):
-    tiny_run(tmp_path / "a")
-    tiny_run(tmp_path / "b", epochs=2)
-    a = export_halves(tmp_path / "a" / "run", tmp_path / "da")
-    b = export_halves(tmp_path / "b" / "run", tmp_path / "db")
+def test_bad_files_and_mismatched_pairs(tmp_path, fitted):
+    a = export_halves(fitted().run, tmp_path / "da")
+    b = export_halves(fitted(epochs=2).run, tmp_path / "db")
     assert a.pair_id != b.pair_id
     with pytest.raises(ExportError, match="two different exports"):
         check_pair(load_device(a.device_path), load_edge(b.edge_path))
@@ -108,8 +104,8 @@ def test_bad_files_and_mismatched_pairs(tmp_path):
         load_device(foreign)
 
 
-def test_export_is_atomic(tmp_path, monkeypatch):
-    tiny_run(tmp_path)
+def test_export_is_atomic(tmp_path, fitted, monkeypatch):
+    run_dir = fitted().run
     import safetensors.torch
 
     def crash(*args, **kwargs):
@@ -117,14 +113,14 @@ def test_export_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        export_halves(tmp_path / "run", tmp_path / "deploy")
+        export_halves(run_dir, tmp_path / "deploy")
     assert not any((tmp_path / "deploy").glob("*.safetensors"))
     assert not list((tmp_path / "deploy").iterdir())  # no temporary file left behind either
 
 
-def test_cli_export_and_predict(tmp_path):
-    _, data = tiny_run(tmp_path)
-    r = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "deploy")])
+def test_cli_export_and_predict(tmp_path, fitted):
+    run_dir, data, _ = fitted()
+    r = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "deploy")])
     assert r.exit_code == 0, r.output
     assert "payload 768 bytes" in r.output  # code 12x4x4 float32
     x = np.load(data)["x"]
@@ -137,8 +133,20 @@ def test_cli_export_and_predict(tmp_path):
     assert r.exit_code == 0, r.output
     preds = json.loads(out.read_text())
     assert len(preds) == 2 and len(preds[0]["top"]) == 5 and preds[0]["payload_bytes"] == 768 + 48
-    probs = [p for _, p in preds[0]["top"]]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    # the CLI's classes and probabilities are the fitted pipeline's, with image i's noise from air_generator(0, i)
+    from bnpp_cli.data.batching import BatchTransform
+    from bnpp_cli.link.receiver import air_generator
+
+    run = load_run(run_dir)
+    dc = run.config.data_config
+    xs = BatchTransform(dc["mean"], dc["std"], augment=False)(torch.from_numpy(x[:2]).permute(0, 3, 1, 2).contiguous())
+    param = run.pipeline.channel.param_from_condition(10.0)
+    for i, pred in enumerate(preds):
+        with torch.no_grad():
+            ref = run.pipeline(xs[i:i + 1], param, air_generator(0, i)).softmax(1)[0]
+        p, k = ref.topk(5)
+        assert [c for c, _ in pred["top"]] == [run.config.classes[j] for j in k.tolist()]
+        assert [v for _, v in pred["top"]] == pytest.approx(p.tolist(), abs=1e-6)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(bad)])
@@ -147,9 +155,8 @@ def test_cli_export_and_predict(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
 
 
-def test_predict_refuses_the_other_channels_condition(tmp_path):
-    tiny_run(tmp_path)
-    export_halves(tmp_path / "run", tmp_path / "deploy")
+def test_predict_refuses_the_other_channels_condition(tmp_path, fitted):
+    export_halves(fitted().run, tmp_path / "deploy")
     img = tmp_path / "i.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
     r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--erasure", "0.01"])
@@ -157,9 +164,8 @@ def test_predict_refuses_the_other_channels_condition(tmp_path):
     assert "use --snr" in r.output
 
 
-def test_erasure_flag_drives_every_digital_channel(tmp_path):
-    tiny_run(tmp_path, channel="bsc", condition=0.01)
-    export_halves(tmp_path / "run", tmp_path / "deploy")
+def test_erasure_flag_drives_every_digital_channel(tmp_path, fitted):
+    export_halves(fitted(channel="bsc", condition=0.01).run, tmp_path / "deploy")
     img = tmp_path / "i.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
     r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--erasure", "0.05"])

@@ -33,7 +33,6 @@ from bnpp_cli.deploy.protocol import REQUEST_HEADER, Request, encode_request, pa
 from bnpp_cli.deploy.server import ServeConfig, ServerThread
 
 from .conftest import REPO
-from .helpers import tiny_run
 
 runner = CliRunner()
 LOOPBACK = "127.0.0.1"
@@ -49,9 +48,8 @@ def _one_intra_op_thread():
     torch.set_num_threads(threads)
 
 
-def _deploy(root: Path, channel: str, condition: float) -> Path:
-    tiny_run(root, channel=channel, condition=condition)
-    export_halves(root / "run", root / "deploy")
+def _deploy(fitted, root: Path, channel: str, condition: float) -> Path:
+    export_halves(fitted(channel=channel, condition=condition).run, root / "deploy")
     return root / "deploy"
 
 
@@ -66,13 +64,13 @@ def _images(root: Path, n: int = 4) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def analog(tmp_path_factory) -> Path:
-    return _deploy(tmp_path_factory.mktemp("analog"), "awgn", 20.0)
+def analog(tmp_path_factory, fitted) -> Path:
+    return _deploy(fitted, tmp_path_factory.mktemp("analog"), "awgn", 20.0)
 
 
 @pytest.fixture(scope="module")
-def digital(tmp_path_factory) -> Path:
-    return _deploy(tmp_path_factory.mktemp("digital"), "bec", 0.01)
+def digital(tmp_path_factory, fitted) -> Path:
+    return _deploy(fitted, tmp_path_factory.mktemp("digital"), "bec", 0.01)
 
 
 @pytest.fixture(scope="module")
