@@ -12,38 +12,78 @@ from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, ModelA
 
 
 class FitProgress:
-    """Rich progress bar for the training callback (stderr), one line per finished epoch."""
+    """Training progress on stderr: a Rich bar on a terminal; in a log (stderr not a terminal) one
+    plain line every ``log_interval`` batches or ``log_seconds``, whichever comes first (as timm's
+    train.py --log-interval). One line per finished epoch, and where a checkpoint stopped a fit."""
 
-    def __init__(self):
+    def __init__(self, log_interval: int = 50, log_seconds: float = 60.0, console=None):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.console = Console(stderr=True, highlight=False)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.console)
-        self.task = None
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)  # a log line stays one line
+        self.plain = not self.console.is_terminal
+        self.log_interval, self.log_seconds = log_interval, log_seconds
+        self.progress = self.task = None
+        self._logged, self._last = 0, 0.0
+        if not self.plain:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.console)
+
+    def _line(self, text: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(text))
 
     def __call__(self, event: str, info: dict) -> None:
+        import time
+
         if event == "epoch_start":
-            self.progress.start()
-            desc = f"{info['phase']} epoch {info['epoch'] + 1}"
-            self.task = self.progress.add_task(desc, total=info["batches"], stats="")
-        elif event == "batch" and self.task is not None:
+            self._logged, self._last = info.get("start", 0), time.monotonic()
+            if self.progress is not None:
+                self.progress.start()
+                desc = f"{info['phase']} epoch {info['epoch'] + 1}"
+                self.task = self.progress.add_task(desc, total=info["batches"], completed=info.get("start", 0),
+                                                   stats="")
+        elif event == "batch":
             stats = f"loss {info['loss']:.3f} acc {info['acc']:.1%} {info['images_per_s']:.0f} img/s"
-            self.progress.update(self.task, completed=info["step"], stats=stats)
-        elif event == "epoch":
             if self.task is not None:
-                self.progress.remove_task(self.task)
-                self.task = None
-            self.progress.stop()
+                self.progress.update(self.task, completed=info["step"], stats=stats)
+            elif self.plain and (info["step"] - self._logged >= self.log_interval or info["step"] == info["batches"]
+                                 or time.monotonic() - self._last >= self.log_seconds):
+                self._logged, self._last = info["step"], time.monotonic()
+                left = info["batches"] - info["step"]
+                eta = left * info["images"] / info["step"] / info["images_per_s"] if info["images_per_s"] else 0.0
+                self._line(f"{info['phase']} epoch {info['epoch'] + 1}: batch {info['step']}/{info['batches']}, "
+                           f"{info['images']} images, {stats}, ETA {_duration(eta)}")
+        elif event == "epoch":
+            self._stop_bar()
             val = ""
             if "val_top1_noiseless" in info:
-                worst = info.get("val_worst_condition")
+                worst = info.get("val_worst_label")
                 val = f", val top-1 {info['val_top1_noiseless']:.2%} noiseless"
                 if worst is not None:
-                    val += f", {info['val_top1_worst']:.2%} at {worst:g}"
-            self.console.print(f"{info['phase']} epoch {info['epoch'] + 1}: loss {info['train_loss']:.4f}, "
-                               f"train top-1 {info['train_top1']:.2%}{val} ({info['seconds']:.0f} s)")
+                    val += f", {info['val_top1_worst']:.2%} at {worst}"
+            self._line(f"{info['phase']} epoch {info['epoch'] + 1}: loss {info['train_loss']:.4f}, "
+                       f"train top-1 {info['train_top1']:.2%}{val} ({info['seconds']:.0f} s)")
+        elif event == "interrupted":
+            self._stop_bar()
+            where = "at its end" if info["batch"] is None else f"after batch {info['batch']}"
+            self._line(f"Stopped {where} of {info['phase']} epoch {info['epoch'] + 1}; checkpoint saved in "
+                       f"{info['run']}: continue with the same command and --resume")
+
+    def _stop_bar(self) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def fit(
@@ -84,6 +124,14 @@ def fit(
     augment: Annotated[bool, typer.Option(help="Random crop + flip.")] = True,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start again in --out, deleting the bnpp run there (nothing else is deleted).")] = False,
+    checkpoint_steps: Annotated[Optional[int], typer.Option(
+        help="Also checkpoint every N optimizer steps (default: by time only).")] = None,
+    checkpoint_minutes: Annotated[float, typer.Option(
+        help="Checkpoint at least this often within an epoch, in minutes (0: only at epoch ends).")] = 10.0,
+    log_interval: Annotated[int, typer.Option(
+        help="Progress in a log (stderr not a terminal): one line every N batches (or minute).")] = 50,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     num_classes: NumClassesOpt = None,
@@ -92,13 +140,15 @@ def fit(
     seed: SeedOpt = 0,
 ):
     """Train the encoder/decoder pair at a split point under a simulated channel."""
-    from ..errors import DataError
+    from ..errors import BnppError, DataError
     from ..link.config import ChannelConfig
     from ..run.fit import FitConfig, fit_codec
     from .render import render_fit
 
     if data is None:
         raise DataError("--data is required: an .npz, an ImageFolder directory or a dataset name")
+    if log_interval < 1:
+        raise BnppError(f"--log-interval {log_interval} must be at least 1 (batches)")
     link = ChannelConfig.from_flags(channel, {"--snr": parse_range(snr, "--snr"),
                                               "--erasure": parse_range(erasure, "--erasure")}, bits)
     config = FitConfig(
@@ -108,9 +158,10 @@ def fit(
         val_data=val_data, val_fraction=val_fraction, data_root=data_root, limit=limit, codec_epochs=codec_epochs,
         joint_epochs=joint_epochs, lr=lr, joint_lr=joint_lr, lr_schedule=lr_schedule, batch_size=batch_size,
         distill=distill, distill_temperature=distill_temperature, augment=augment, device=device, seed=seed,
-        resume=resume,
+        resume=resume, overwrite=overwrite, checkpoint_steps=checkpoint_steps,
+        checkpoint_minutes=checkpoint_minutes or None,
     )
-    render_fit(fit_codec(config, callback=FitProgress()))
+    render_fit(fit_codec(config, callback=FitProgress(log_interval)))
 
 
 def register(app: typer.Typer) -> None:

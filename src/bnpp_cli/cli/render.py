@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 console = Console(highlight=False)
 if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
@@ -64,9 +65,18 @@ def render_fit(result) -> None:
         kd = f", distillation {fit['distill']:g} at T={fit.get('distill_temperature', 1):g}" if fit.get("distill") else ""
         console.print(f"Recipe: Adam {fit['lr']:g} ({fit.get('lr_schedule', 'constant')}), batch {fit['batch_size']}{kd}")
     if "val_top1_noiseless" in last:
-        console.print(f"Validation top-1 after {len(result.epochs)} epoch{'s' * (len(result.epochs) != 1)}: {last['val_top1_noiseless']:.2%} "
-                      f"noiseless link, {last['val_top1_worst']:.2%} at the worst training condition; "
-                      f"{result.seconds:.0f} s")
+        worst = last.get("val_worst_label")
+        at = f"{last['val_top1_worst']:.2%} at the worst training condition ({worst})" if worst else "noiseless channel"
+        v = result.validation
+        console.print(Text(f"Validation top-1 after {len(result.epochs)} epoch{'s' * (len(result.epochs) != 1)}: "
+                           f"{last['val_top1_noiseless']:.2%} noiseless link, {at}; {result.seconds:.0f} s"))
+        source = f"{v.get('images', last.get('val_images', '?'))} images, {v.get('source', 'validation')}"
+        if v.get("backbone_may_have_seen"):
+            console.print(Text(f"Validation images: {source}. The backbone came with weights and may have been trained "
+                               f"on these images: this top-1 can overstate accuracy on new images "
+                               f"(give --val-data, or run bnpp eval on test images).", style="yellow"))
+        else:
+            console.print(Text(f"Validation images: {source}."))
     console.print(f"Next: bnpp eval {result.run} --data TEST_DATA")
 
 

@@ -53,6 +53,9 @@ class FitConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  # replace the bnpp run already in `out` (a fresh start)
+    checkpoint_steps: int | None = None  # also checkpoint every N optimizer steps (None: by time only)
+    checkpoint_minutes: float | None = 10.0  # and at most this long apart: an hour-long epoch loses <= 10 min
 
     def to_dict(self) -> dict[str, Any]:
         return configs.to_dict(self)

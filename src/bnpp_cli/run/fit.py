@@ -8,14 +8,21 @@
 
 Runs on CPU, one GPU (bf16 autocast with ``amp``), or several processes under ``torchrun``
 (distributed.py; rank 0 writes the run directory). The loop never prints: progress goes to a
-callback. After every epoch a checkpoint makes the run resumable.
+callback. Checkpoints make the run resumable: after every epoch, and within one every
+``checkpoint_steps`` optimizer steps or ``checkpoint_minutes`` (the last one kept, atomically); a
+resumed fit ends with the same weights as an uninterrupted one (the loop's generators and batch
+index are part of the checkpoint). Ctrl-C (SIGINT) finishes the batch, writes a checkpoint and
+stops; ``overwrite`` starts a bnpp run directory afresh.
 """
 
 from __future__ import annotations
 
 import copy
+import signal
+import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +32,7 @@ from ..codec.config import CodecConfig, plan_codec
 from ..codec.presets import LR_SCHEDULES, get_preset
 from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset, split_train_val
-from ..errors import BnppError, CodecError, RunError
+from ..errors import BnppError, CodecError, DataError, RunError
 from ..split.backbone import load_backbone
 from ..split.graph import split_model, trace_model
 from . import distributed
@@ -48,6 +55,7 @@ class FitResult:
     config: RunConfig
     epochs: list[dict[str, Any]]
     seconds: float
+    validation: dict[str, Any] = field(default_factory=dict)  # where the validation images came from
 
 
 def _noop(event: str, info: dict[str, Any]) -> None:
@@ -59,12 +67,9 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     rank, world = distributed.rank_and_world()
     config = resolve_recipe(config)
     run_dir = RunDir(config.out)
-    if config.resume and not run_dir.is_run:
-        raise RunError(f"cannot resume: '{run_dir}' is not a bnpp run directory (no {CONFIG_FILE})")
-    if not config.resume and not run_dir.is_empty():
-        raise RunError(f"run directory '{run_dir}' already exists and is not empty",
-                       hint="pass --resume to continue it, or choose another --out")
+    _check_out(run_dir, config)
     _check_numbers(config)
+    _check_data_paths(config)  # before any model is built: a typo costs no minutes
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BnppError(f"--device {config.device}: CUDA is not available on this machine", hint="use --device cpu")
@@ -98,6 +103,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
                            hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks)
     if saved is not None:
         _check_same_codec(run_dir, saved.codec, codec_cfg)
+    _check_batches(len(train_set), config.batch_size, world)
     run_config = RunConfig(
         model=config.backbone.model, create_kwargs=backbone.create_kwargs, source_weights=backbone.weights,
         data_config=backbone.data_config, split=point.name, feature_shape=list(point.shape),
@@ -108,7 +114,56 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     pipeline, _ = build_pipeline(backbone.model, run_config, traced)
     trainer = _Trainer(config, run_config, run_dir, backbone.model, pipeline.to(device), train_set, val_set,
                        callback, rank, world)
+    trainer.validation = _validation_source(config, val_set, backbone.weights)
     return trainer.run()
+
+
+def _check_out(run_dir: RunDir, config: FitConfig) -> None:
+    """--out: a new or empty directory; a bnpp run to --resume; or a bnpp run to --overwrite."""
+    if config.resume and config.overwrite:
+        raise RunError("give --resume (continue the run) or --overwrite (start it again), not both")
+    if config.resume and not run_dir.is_run:
+        raise RunError(f"cannot resume: '{run_dir}' is not a bnpp run directory (no {CONFIG_FILE})")
+    if config.resume or run_dir.is_empty():
+        return
+    if not config.overwrite:
+        raise RunError(f"run directory '{run_dir}' already exists and is not empty",
+                       hint="pass --resume to continue it, --overwrite to start it again, or choose another --out")
+    if not run_dir.replaceable:
+        raise RunError(f"--overwrite: '{run_dir}' holds files that are not a bnpp run's "
+                       f"({', '.join(run_dir.foreign_entries()[:3])}): not deleting them",
+                       hint="choose another --out")
+
+
+def _check_data_paths(config: FitConfig) -> None:
+    """A --data / --val-data that names a file or directory must exist (dataset names load later)."""
+    for flag, spec in (("--data", config.data), ("--val-data", config.val_data)):
+        if spec is None:
+            continue
+        path = Path(spec).expanduser()
+        looks_like_path = "/" in spec or spec.startswith(("~", ".")) or path.suffix != ""
+        if looks_like_path and not path.exists():
+            raise DataError(f"{flag} {spec}: no such file or directory",
+                            hint="an .npz file, an ImageFolder directory, or a dataset name such as cifar10")
+
+
+def _check_batches(images: int, batch_size: int, world: int) -> None:
+    """Every epoch drops its last partial batch: fewer images than a batch would train nothing."""
+    if images // world // batch_size < 1:
+        per = f" per process ({world} processes)" if world > 1 else ""
+        raise DataError(f"{images} training images give no full batch of {batch_size}{per}: nothing would train",
+                        hint=f"use --batch-size {max(1, images // world)} or less, or more images "
+                             "(--limit, --val-fraction)")
+
+
+def _validation_source(config: FitConfig, val_set, weights: str) -> dict[str, Any]:
+    """Where the validation top-1 comes from, said with the figure (metrics.json, the fit's output)."""
+    images = len(val_set) if val_set is not None else 0
+    if config.val_data:
+        return {"source": "--val-data", "images": images, "backbone_may_have_seen": False}
+    # held out of --data: the codec never trains on them, but a backbone brought with weights may
+    # have been trained on these very images (then this top-1 overstates accuracy on new ones)
+    return {"source": "held out of --data", "images": images, "backbone_may_have_seen": weights != "random"}
 
 
 def _check_resumable(run_dir: RunDir, saved: RunConfig, config: FitConfig) -> None:
@@ -142,8 +197,12 @@ def _check_numbers(c: FitConfig) -> None:
     if c.lr_schedule not in LR_SCHEDULES:
         raise BnppError(f"unknown --lr-schedule {c.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
     bad += [("--limit", c.limit)] if c.limit is not None and c.limit < 1 else []
+    bad += [("--checkpoint-steps", c.checkpoint_steps)] if c.checkpoint_steps is not None and c.checkpoint_steps < 1 else []
+    bad += [("--checkpoint-minutes", c.checkpoint_minutes)] if c.checkpoint_minutes is not None and \
+        not 0 < c.checkpoint_minutes < float("inf") else []
     if bad:
-        raise BnppError(f"{bad[0][0]} {bad[0][1]} is out of range", hint="epochs >= 0; lr, batch size > 0")
+        raise BnppError(f"{bad[0][0]} {bad[0][1]} is out of range",
+                        hint="epochs >= 0; lr, batch size > 0; --limit, --checkpoint-steps >= 1; minutes > 0")
     if c.codec_epochs + c.joint_epochs == 0:
         raise BnppError("nothing to train: --codec-epochs and --joint-epochs are both 0")
 
@@ -164,6 +223,30 @@ def _nonnegative(head: nn.Module, dataset, data_config) -> bool:
     return bool((f >= 0).all())
 
 
+class _StopRequest:
+    """SIGINT during a fit (main thread, one process): finish the batch, checkpoint, then stop.
+    A second Ctrl-C stops at once (KeyboardInterrupt), as without the handler."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 class _Trainer:
     """Phases and epochs around the loop: optimizers, checkpoints and the run directory's files."""
 
@@ -177,9 +260,14 @@ class _Trainer:
         self.train_tf = BatchTransform(dc["mean"], dc["std"], augment=config.augment)
         self.eval_tf = BatchTransform(dc["mean"], dc["std"], augment=False)
         self.epochs: list[dict[str, Any]] = []
+        self.validation: dict[str, Any] = {}
         # the uncut model as it was before fine-tuning, for distillation in phase joint
         self.teacher = copy.deepcopy(model).eval() if config.distill > 0 and config.joint_epochs > 0 else None
         self.plan = [("codec", i) for i in range(config.codec_epochs)] + [("joint", i) for i in range(config.joint_epochs)]
+        # mid-epoch checkpoints hold this process's generators: one process only (under torchrun,
+        # every rank's would be needed), so torchrun runs checkpoint at epoch ends
+        self.mid_epoch = world == 1
+        self._since, self._last = 0, time.monotonic()
 
     def run(self) -> FitResult:
         t0 = time.perf_counter()
@@ -187,50 +275,84 @@ class _Trainer:
         # 10-100x slower; flushing them to zero changes nothing measurable in training
         torch.set_flush_denormal(True)
         self.device = distributed.init(self.world, self.device, self.pipeline)
-        start, state = 0, None
+        start, state, position = 0, None, None
         if self.c.resume:
             state = self._load_checkpoint()
-            start, self.epochs = state["step"], list(state["epochs"])
+            start, self.epochs, position = state["step"], list(state["epochs"]), state.get("position")
         elif self.rank == 0:
+            if self.c.overwrite and not self.dir.is_empty():
+                self.dir.clear()
             self.dir.write_start(self.rc, self.model.state_dict())
         phase = optimizer = scheduler = forward = None
-        for step in range(start, len(self.plan)):
-            ph, epoch = self.plan[step]
-            if ph != phase:
-                phase = ph
-                epochs = sum(1 for q, _ in self.plan if q == ph)
-                steps = epochs * len(make_loader(self.train_set, self.c.batch_size, shuffle=True, seed=self.c.seed,
-                                                 drop_last=True, distributed=self.world > 1))
-                optimizer, scheduler = make_optimizer(set_trainable(self.pipeline, ph),
-                                                      self.c.lr if ph == "codec" else self.c.joint_lr,
-                                                      self.c.lr_schedule, steps)
-                forward = distributed.wrap(self.pipeline, self.world, self.device)
-                if state is not None and state["phase"] == ph:
-                    optimizer.load_state_dict(state["optimizer"])
-                    scheduler.load_state_dict(state["scheduler"])
-                self.cb("phase", {"phase": ph, "epochs": epochs})
-            torch.manual_seed(self.c.seed * 1000 + step)
-            spec = EpochSpec(ph, epoch, step, self.c.seed, self.c.batch_size, self.c.distill,
-                             self.c.distill_temperature, self.c.amp, self.rank, self.world)
-            record = train_epoch(spec, self.pipeline, forward, self.teacher, self.train_set, self.train_tf,
-                                 optimizer, scheduler, self.device, self.cb)
-            if self.rank == 0:
-                record.update(validate(self.pipeline, self.val_set, self.eval_tf, self.device))
-                self.epochs.append(record)
-                self._save_checkpoint(step + 1, ph, optimizer, scheduler)
-                self.cb("epoch", record)
-            distributed.barrier(self.world)
+        with _StopRequest(self.mid_epoch) as stop:
+            for step in range(start, len(self.plan)):
+                ph, epoch = self.plan[step]
+                if ph != phase:
+                    phase = ph
+                    epochs = sum(1 for q, _ in self.plan if q == ph)
+                    steps = epochs * len(make_loader(self.train_set, self.c.batch_size, shuffle=True, seed=self.c.seed,
+                                                     drop_last=True, distributed=self.world > 1))
+                    optimizer, scheduler = make_optimizer(set_trainable(self.pipeline, ph),
+                                                          self.c.lr if ph == "codec" else self.c.joint_lr,
+                                                          self.c.lr_schedule, steps)
+                    forward = distributed.wrap(self.pipeline, self.world, self.device)
+                    if state is not None and state["phase"] == ph:
+                        optimizer.load_state_dict(state["optimizer"])
+                        scheduler.load_state_dict(state["scheduler"])
+                    self.cb("phase", {"phase": ph, "epochs": epochs})
+                torch.manual_seed(self.c.seed * 1000 + step)
+                spec = EpochSpec(ph, epoch, step, self.c.seed, self.c.batch_size, self.c.distill,
+                                 self.c.distill_temperature, self.c.amp, self.rank, self.world)
+                after = lambda pos, ph=ph, step=step, epoch=epoch: self._after_batch(
+                    pos, stop, ph, epoch, step, optimizer, scheduler)
+                record = train_epoch(spec, self.pipeline, forward, self.teacher, self.train_set, self.train_tf,
+                                     optimizer, scheduler, self.device, self.cb, resume=position, after_batch=after)
+                position = None
+                if self.rank == 0:
+                    record.update(validate(self.pipeline, self.val_set, self.eval_tf, self.device))
+                    self.epochs.append(record)
+                    self._save_checkpoint(step + 1, ph, optimizer, scheduler)
+                    self.cb("epoch", record)
+                distributed.barrier(self.world)
+                if stop.requested and step + 1 < len(self.plan):  # Ctrl-C during validation: saved just now
+                    self._stopped(ph, epoch, None)
         seconds = time.perf_counter() - t0
         if self.rank == 0:
             self.dir.write_final(self.pipeline.codec.state_dict(),
-                                 self.model.state_dict() if self.c.joint_epochs > 0 else None, seconds, self.epochs)
-        return FitResult(str(self.dir), self.rc, self.epochs, seconds)
+                                 self.model.state_dict() if self.c.joint_epochs > 0 else None, seconds, self.epochs,
+                                 self.validation)
+        return FitResult(str(self.dir), self.rc, self.epochs, seconds, self.validation)
 
-    def _save_checkpoint(self, step: int, phase: str, optimizer, scheduler) -> None:
-        state = {"step": step, "phase": phase, "optimizer": optimizer.state_dict(),
+    def _after_batch(self, position, stop: _StopRequest, phase: str, epoch: int, step: int,
+                     optimizer, scheduler) -> None:
+        """After each optimizer step: a checkpoint when one is due (steps, minutes, Ctrl-C)."""
+        if not self.mid_epoch:
+            return
+        self._since += 1
+        every, minutes = self.c.checkpoint_steps, self.c.checkpoint_minutes
+        due = (every is not None and self._since >= every) or \
+              (minutes is not None and time.monotonic() - self._last >= 60 * minutes)
+        if not (due or stop.requested):
+            return
+        pos = position()
+        self._save_checkpoint(step, phase, optimizer, scheduler, pos)
+        self.cb("checkpoint", {"phase": phase, "epoch": epoch, "batch": pos["batch"], "run": str(self.dir)})
+        if stop.requested:
+            self._stopped(phase, epoch, pos["batch"])
+
+    def _stopped(self, phase: str, epoch: int, batch: int | None) -> None:
+        """After the checkpoint: tell the callback where (batch None: at the epoch's end), then stop."""
+        self.cb("interrupted", {"phase": phase, "epoch": epoch, "batch": batch, "run": str(self.dir)})
+        raise KeyboardInterrupt
+
+    def _save_checkpoint(self, step: int, phase: str, optimizer, scheduler,
+                         position: dict[str, Any] | None = None) -> None:
+        """The run's state at an epoch end (position None) or after a batch within epoch ``step``."""
+        state = {"step": step, "phase": phase, "optimizer": optimizer.state_dict(), "position": position,
                  "scheduler": scheduler.state_dict(), "codec": self.pipeline.codec.state_dict(),
                  "epochs": self.epochs, "backbone": self.model.state_dict() if phase == "joint" else None}
-        self.dir.save_checkpoint(state, self.epochs)
+        self.dir.save_checkpoint(state, self.epochs, self.validation)
+        self._since, self._last = 0, time.monotonic()
 
     def _load_checkpoint(self) -> dict[str, Any]:
         state = self.dir.load_checkpoint(self.device)

@@ -11,6 +11,7 @@ BatchNorm statistics stay frozen (small batches would only add noise to them).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from torch import nn
 
 from ..data.batching import BatchTransform, make_loader
 
-Callback = Callable[[str, dict[str, Any]], None]  # (event, info): "phase", "epoch_start", "batch", "epoch"
+Callback = Callable[[str, dict[str, Any]], None]  # (event, info): "phase", "epoch_start", "batch", "epoch",
+# "checkpoint", "interrupted"
 
 
 def scheduled_lr(base: float, schedule: str, step: int, steps: int) -> float:
@@ -83,20 +85,43 @@ class EpochSpec:
 
 def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teacher: nn.Module | None,
                 train_set, transform: BatchTransform, optimizer, scheduler, device: torch.device,
-                callback: Callback) -> dict[str, Any]:
+                callback: Callback, resume: dict[str, Any] | None = None,
+                after_batch: Callable[[Callable[[], dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     """One pass over the training images; returns the epoch's record. ``forward`` is the pipeline
-    or its DDP wrapper; ``teacher`` the uncut model (phase joint with distillation)."""
+    or its DDP wrapper; ``teacher`` the uncut model (phase joint with distillation).
+
+    Mid-epoch durability: after every optimizer step, ``after_batch(position)`` is called, where
+    ``position()`` returns the epoch's state at that batch boundary (batches done, the generators'
+    states, the running sums). ``resume=position`` continues the epoch from there: the same batches,
+    the same noise and augmentation draws, so the epoch ends exactly as an uninterrupted one."""
     loader = make_loader(train_set, spec.batch_size, shuffle=True, seed=spec.seed, drop_last=True,
                          distributed=spec.world > 1)
     loader.set_epoch(spec.step)
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + spec.step * 31 + spec.rank)
     aug_gen = torch.Generator().manual_seed(spec.seed * 104729 + spec.step * 17 + spec.rank)
     channel = pipeline.channel
-    total, correct, loss_sum, seen = len(loader), 0, 0.0, 0
-    callback("epoch_start", {"phase": spec.phase, "epoch": spec.epoch, "batches": total})
+    total, correct, loss_sum, seen, start, before_s = len(loader), 0, 0.0, 0, 0, 0.0
+    if resume is not None:
+        gen.set_state(resume["gen"])
+        aug_gen.set_state(resume["aug"])
+        torch.set_rng_state(resume["torch"])
+        if resume.get("cuda") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(resume["cuda"], device)
+        start, correct, loss_sum, seen = resume["batch"], resume["correct"], resume["loss_sum"], resume["seen"]
+        before_s = resume["seconds"]
+    seen0 = seen
+    callback("epoch_start", {"phase": spec.phase, "epoch": spec.epoch, "batches": total, "start": start})
     t0 = time.perf_counter()
     amp = spec.amp and device.type == "cuda"
-    for i, (x, y) in enumerate(loader):
+    i = start
+
+    def position() -> dict[str, Any]:
+        return {"batch": i, "gen": gen.get_state(), "aug": aug_gen.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "correct": correct, "loss_sum": loss_sum, "seen": seen,
+                "seconds": before_s + time.perf_counter() - t0}
+
+    for x, y in itertools.islice(loader, start, None):  # the batches already done are skipped
         x = transform(x, generator=aug_gen).to(device, non_blocking=True)
         y = y.to(device)
         param = channel.sample_param(x.shape[0], generator=gen, device=device)
@@ -119,13 +144,18 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
         scheduler.step()
         n = y.shape[0]
         seen += n
+        i += 1
         loss_sum += float(loss.detach()) * n
         correct += int((logits.argmax(1) == y).sum())
         if spec.rank == 0:
-            callback("batch", {"step": i + 1, "batches": total, "loss": loss_sum / seen, "acc": correct / seen,
-                               "images_per_s": seen * spec.world / (time.perf_counter() - t0)})
+            rate = (seen - seen0) * spec.world / (time.perf_counter() - t0)
+            callback("batch", {"phase": spec.phase, "epoch": spec.epoch, "step": i, "batches": total,
+                               "images": seen * spec.world, "loss": loss_sum / seen, "acc": correct / seen,
+                               "images_per_s": rate})
+        if after_batch is not None:
+            after_batch(position)
     return {"phase": spec.phase, "epoch": spec.epoch, "train_loss": loss_sum / max(seen, 1),
-            "train_top1": correct / max(seen, 1), "seconds": time.perf_counter() - t0,
+            "train_top1": correct / max(seen, 1), "seconds": before_s + time.perf_counter() - t0,
             "images": seen * spec.world}
 
 
@@ -149,4 +179,6 @@ def validate(pipeline: nn.Module, val_set, transform: BatchTransform, device: to
     pipeline.codec.train()
     out: dict[str, Any] = {k: v / n for k, v in hits.items()}
     out["val_worst_condition"] = channel.condition_from_param(worst) if worst else None
+    out["val_worst_label"] = channel.format_condition(out["val_worst_condition"]) if worst else None  # with its unit
+    out["val_images"] = n
     return out

@@ -5,7 +5,8 @@
     RUN/finetuned.safetensors  the backbone after phase joint (only if it ran): what the pipeline uses
     RUN/codec.safetensors      encoder + decoder weights (written when the fit finishes)
     RUN/metrics.json           per-epoch metrics of `bnpp fit`, its status ("running" | "done")
-    RUN/checkpoint/state.pt    resumable state while the fit runs (torch.load(weights_only=True))
+    RUN/checkpoint/state.pt    resumable state while the fit runs (torch.load(weights_only=True)):
+                               at an epoch end, or within an epoch (its batch index and generators)
 
 Every file is written atomically (files.atomic_write): a crash leaves the old file or the new one.
 """
@@ -30,6 +31,7 @@ FINETUNED_FILE = "finetuned.safetensors"
 CODEC_FILE = "codec.safetensors"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint/state.pt"
+RUN_ENTRIES = (CONFIG_FILE, BACKBONE_FILE, FINETUNED_FILE, CODEC_FILE, METRICS_FILE, CHECKPOINT_FILE.split("/")[0])
 
 
 def save_tensors(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -69,6 +71,18 @@ class RunDir:
 
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(self.path.iterdir())
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the directory that no bnpp run writes (atomic_write's leftovers are a run's own)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.name not in RUN_ENTRIES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+
+    @property
+    def replaceable(self) -> bool:
+        """Safe for --overwrite: a bnpp run (or what a killed one left), and nothing else."""
+        return self.path.is_dir() and not self.foreign_entries()
 
     def file(self, name: str) -> Path:
         """Path of one of the run's files, for messages ("see RUN/config.json")."""
@@ -112,8 +126,8 @@ class RunDir:
             if self.finished:  # the fit finished: its checkpoint was removed then
                 raise RunError(f"cannot resume '{self.path}': its fit finished, there is no checkpoint to go on "
                                f"from", hint="to train longer, start a new run with a new --out")
-            raise RunError(f"cannot resume '{self.path}': no checkpoint (no epoch finished yet)",
-                           hint="delete the directory and start again")
+            raise RunError(f"cannot resume '{self.path}': the fit stopped before its first checkpoint",
+                           hint="start it again with --overwrite")
         return torch.load(self.path / CHECKPOINT_FILE, map_location=map_location, weights_only=True)
 
     # -- writing ------------------------------------------------------------------------------
@@ -122,14 +136,27 @@ class RunDir:
         write_json(self.path / CONFIG_FILE, config.to_dict())
         save_tensors(self.path / BACKBONE_FILE, backbone)
 
-    def save_checkpoint(self, state: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
+    def clear(self) -> None:
+        """Remove a run's files (--overwrite), only after ``replaceable`` said there is nothing else."""
+        if not self.replaceable:
+            raise RunError(f"'{self.path}' holds files that are not a bnpp run's: not deleting them")
+        for entry in self.path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def save_checkpoint(self, state: dict[str, Any], epochs: list[dict[str, Any]],
+                        validation: dict[str, Any] | None = None) -> None:
+        """The last checkpoint replaces the one before, atomically (a kill leaves one of them whole)."""
         atomic_write(self.path / CHECKPOINT_FILE, lambda tmp: torch.save(state, tmp))
-        write_json(self.path / METRICS_FILE, {"status": "running", "epochs": epochs})
+        write_json(self.path / METRICS_FILE, {"status": "running", "validation": validation or {}, "epochs": epochs})
 
     def write_final(self, codec: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor] | None,
-                    seconds: float, epochs: list[dict[str, Any]]) -> None:
+                    seconds: float, epochs: list[dict[str, Any]], validation: dict[str, Any] | None = None) -> None:
         save_tensors(self.path / CODEC_FILE, codec)
         if finetuned is not None:
             save_tensors(self.path / FINETUNED_FILE, finetuned)
-        write_json(self.path / METRICS_FILE, {"status": "done", "seconds": seconds, "epochs": epochs})
+        write_json(self.path / METRICS_FILE, {"status": "done", "seconds": seconds, "validation": validation or {},
+                                              "epochs": epochs})
         shutil.rmtree(self.path / CHECKPOINT_FILE.split("/")[0], ignore_errors=True)
