@@ -131,8 +131,9 @@ def test_cli_export_and_predict(tmp_path, fitted):
     out = tmp_path / "pred.json"
     r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), *map(str, paths), "--snr", "10", "--json", str(out)])
     assert r.exit_code == 0, r.output
-    preds = json.loads(out.read_text())
-    assert len(preds) == 2 and len(preds[0]["top"]) == 5 and preds[0]["payload_bytes"] == 768 + 48
+    preds = json.loads(out.read_text())["predictions"]
+    assert len(preds) == 2 and len(preds[0]["top"]) == 5
+    assert (preds[0]["payload_bytes"], preds[0]["frame_bytes"]) == (768, 768 + 48)  # code; + wire header
     # the CLI's classes and probabilities are the fitted pipeline's, with image i's noise from air_generator(0, i)
     from bnpp_cli.data.batching import BatchTransform
     from bnpp_cli.link.receiver import air_generator

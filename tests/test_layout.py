@@ -209,4 +209,4 @@ def test_every_channel_and_preset_fits_exports_and_predicts(fitted, tmp_path, ch
         p, k = ref.topk(3)
         assert [c for c, _ in pred.top] == [run.config.classes[j] for j in k.tolist()]
         assert [v for _, v in pred.top] == pytest.approx(p.tolist(), abs=1e-6)
-        assert pred.payload_bytes == res.payload_bytes + res.header_bytes
+        assert pred.frame_bytes == res.payload_bytes + res.header_bytes

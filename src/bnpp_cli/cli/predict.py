@@ -11,23 +11,26 @@ from .options import ErasureOpt, JsonOpt, SeedOpt, SnrOpt, TopOpt, link_conditio
 
 
 def predict(
-    deploy: Annotated[Path, typer.Argument(help="Directory with device.safetensors and edge.safetensors.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+    deploy: Annotated[Path, typer.Argument(help="Directory made by `bnpp export` (safetensors and/or ONNX halves).")],
+    images: Annotated[list[str], typer.Argument(help="Image files (PNG, JPEG, ...), folders of them, or quoted globs.")],
     snr: SnrOpt = None,
     erasure: ErasureOpt = None,
     top: TopOpt = 5,
+    runtime: Annotated[str, typer.Option(help="torch (the .safetensors halves), onnxruntime (device.onnx + "
+                                              "edge.onnx) or onnxruntime-int8 (device.int8.onnx + edge.onnx).")] = "torch",
+    batch_size: Annotated[int, typer.Option(help="Images per device/edge pass (each still gets its own wire frame).")] = 1,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
 ):
-    """Run device -> wire -> channel -> edge on image files; top classes, payload size, time per side."""
-    from ..deploy.predict import predict as run_predict
+    """Run device -> wire -> channel -> edge on images; top classes, bytes on the wire, time per side."""
+    from ..deploy.predict import predict_images
     from .render import render_predictions
 
     condition, flag = link_condition(snr, erasure)
-    results = run_predict(deploy, [str(p) for p in images], condition=condition, topk=top, seed=seed,
-                          condition_flag=flag)
-    write_json_output(json_path, [r.to_dict() for r in results])
-    render_predictions(results)
+    result = predict_images(deploy, images, condition=condition, topk=top, seed=seed, condition_flag=flag,
+                            runtime=runtime, batch_size=batch_size)
+    write_json_output(json_path, result.to_dict())
+    render_predictions(result)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,8 @@ def profile(
     samples: Annotated[int, typer.Option(help="Images used for the sparsity figures.")] = 16,
     repeats: Annotated[int, typer.Option(help="Timed runs per head (median reported).")] = 5,
     verify: Annotated[bool, typer.Option("--verify", help="Check tail(head(x)) == model(x) at every point.")] = False,
+    reparam: Annotated[bool, typer.Option("--reparam", help="Fuse re-parameterisable branches (RepVGG, MobileOne, "
+                                                            "FastViT; timm's reparameterize_model) first.")] = False,
     bandwidth_mbps: Annotated[float, typer.Option(help="Budget: uplink bandwidth in Mbit/s.")] = 10.0,
     device_gmacs: Annotated[float, typer.Option(help="Budget: device speed in GMAC/s.")] = 10.0,
     edge_gmacs: Annotated[float, typer.Option(help="Budget: edge speed in GMAC/s.")] = 1000.0,
@@ -30,11 +32,14 @@ def profile(
     seed: SeedOpt = 0,
 ):
     """List valid split points with compute, feature size and sparsity; recommend where to split."""
+    from dataclasses import replace
+
     from ..split.profile import Budget, ProfileConfig, profile_model
     from .render import render_profile
 
+    backbone = replace(backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs), reparam=reparam)
     config = ProfileConfig(
-        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs), all_points=all_points,
+        backbone=backbone, all_points=all_points,
         data=data, samples=samples, repeats=repeats, verify=verify, seed=seed,
         budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs, ratio=ratio),
     )

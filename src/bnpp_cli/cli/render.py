@@ -104,10 +104,24 @@ def render_eval(r) -> None:
 
 def render_export(r) -> None:
     kind = "packed digital levels" if r.digital else "float32 symbols"
-    console.print(f"device: {r.device_path} ({r.device_bytes / 1e6:.2f} MB, {_si(r.device_params)} params)")
-    console.print(f"edge:   {r.edge_path} ({r.edge_bytes / 1e6:.2f} MB, {_si(r.edge_params)} params)")
+    if r.device_path:
+        console.print(f"device: {r.device_path} ({r.device_bytes / 1e6:.2f} MB, {_si(r.device_params)} params)")
+        console.print(f"edge:   {r.edge_path} ({r.edge_bytes / 1e6:.2f} MB, {_si(r.edge_params)} params)")
+    if r.onnx:
+        o, c = r.onnx, r.onnx["check"]
+        console.print(f"device: {o['device_path']} ({o['device_bytes'] / 1e6:.2f} MB), edge: {o['edge_path']} "
+                      f"({o['edge_bytes'] / 1e6:.2f} MB), ONNX opset {o['opset']}, dynamic batch")
+        console.print(f"ONNX Runtime vs PyTorch on {c['images']} {c['inputs']}: max |diff| code {c['code_max_abs_diff']:.1e}, "
+                      f"logits {c['logits_max_abs_diff']:.1e}; top-1 agreement {c['top1_agreement']:.2%}")
+        if o.get("reparam"):
+            console.print(f"--reparam: fused vs unfused logits max |diff| {o['reparam_logits_max_abs_diff']:.1e}")
+        if o["int8"]:
+            q = o["int8"]
+            console.print(f"int8 device: {q['path']} ({q['file_bytes'] / 1e6:.2f} MB vs {q['float_file_bytes'] / 1e6:.2f} MB "
+                          f"float), calibrated on {q['calib_images']} images; top-1 agreement with the float "
+                          f"device half on them {q['top1_agreement_calib']:.2%}")
     console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image: payload "
-                  f"{r.payload_bytes} bytes of {kind} + {r.header_bytes}-byte wire header")
+                  f"{r.payload_bytes} bytes of {kind} + {r.header_bytes}-byte wire header = {r.frame_bytes}-byte frame")
 
 
 def render_remote_predictions(results) -> None:
@@ -117,8 +131,13 @@ def render_remote_predictions(results) -> None:
                       f"network {r.network_ms:.1f} ms, edge {r.edge_ms:.1f} ms")
 
 
-def render_predictions(results) -> None:
-    for r in results:
+def render_predictions(result) -> None:
+    for r in result.predictions:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.top)
-        console.print(f"[bold]{escape(r.image)}[/]: {escape(best)}  |  payload {r.payload_bytes} B, device {r.device_ms:.1f} ms, "
-                      f"edge {r.edge_ms:.1f} ms")
+        console.print(f"[bold]{escape(r.image)}[/]: {escape(best)}  |  device {r.device_ms:.1f} ms, edge {r.edge_ms:.1f} ms")
+    lat = result.latency_ms
+    console.print(f"Per image: payload {result.payload_bytes} B + {result.wire_header_bytes} B wire header = "
+                  f"{result.frame_bytes} B frame; {result.runtime}, batch {result.batch_size}, ms per image over "
+                  f"{len(result.predictions)} images after a warm-up pass: device median {lat['device']['median']:.2f} "
+                  f"({lat['device']['min']:.2f}-{lat['device']['max']:.2f}), edge median {lat['edge']['median']:.2f} "
+                  f"({lat['edge']['min']:.2f}-{lat['edge']['max']:.2f})")

@@ -6,7 +6,9 @@
 Each file's string metadata is enough to rebuild its module with no other file: ``format``
 (bnpp-half/1), ``half``, ``pair_id`` (a hash of both halves' tensors and the config that ties the
 two together; the wire format carries it in every frame), ``bnpp_version``, ``timm_model``,
-``timm_version``, ``torch_version`` and ``run_config`` (the run's RunConfig as JSON).
+``timm_version``, ``torch_version`` and ``run_config`` (the run's RunConfig as JSON). The ONNX
+halves (deploy/onnx.py owns those files) carry the same metadata, from ``half_metadata``, checked by
+the same ``check_metadata``.
 """
 
 from __future__ import annotations

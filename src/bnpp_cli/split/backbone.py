@@ -32,6 +32,7 @@ class BackboneConfig:
     num_classes: int | None = None  # None keeps the model's default (1000 for ImageNet models)
     img_size: int | None = None  # None keeps the model's default input size
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed on to timm.create_model
+    reparam: bool = False  # fuse re-parameterisable branches (timm's reparameterize_model): the deploy form
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +131,10 @@ def load_backbone(config: BackboneConfig) -> Backbone:
         load_checkpoint(model, config.checkpoint)
         weights = str(config.checkpoint)
     model.eval()
+    if config.reparam:  # RepVGG, MobileOne, FastViT...: branches fused into one conv, as a device runs them
+        from timm.utils.model import reparameterize_model
+
+        model = reparameterize_model(model)
     data_config = resolve_data_config(model, config.img_size)
     _probe_forward(model, data_config["input_size"], config)
     return Backbone(model, config, data_config, weights, create_kwargs)
