@@ -50,6 +50,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is printed as written: "[preset's: ...]" is text, not Rich markup
 )
 
 
@@ -59,9 +60,9 @@ def _root() -> None:
 
 
 from . import eval as _eval, export as _export, fit as _fit, predict as _predict, profile as _profile  # noqa: E402
-from . import serve as _serve  # noqa: E402
+from . import models as _models, serve as _serve  # noqa: E402
 
-for _module in (_profile, _fit, _eval, _export, _predict, _serve):
+for _module in (_profile, _fit, _eval, _export, _predict, _serve, _models):
     _module.register(app)
 
 

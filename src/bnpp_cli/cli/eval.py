@@ -25,19 +25,21 @@ def eval_(
 ):
     """Top-1 against channel quality, and the compression actually achieved."""
     from ..errors import DataError
-    from ..run.evaluate import EvalConfig, evaluate_run, plot_eval
+    from ..run.evaluate import EvalConfig, check_plotting, evaluate_run, plot_eval
     from .render import render_eval
 
     if data is None:
         raise DataError("--data is required: the test images (.npz, ImageFolder directory or dataset name)")
+    if plot is not None:
+        check_plotting()  # before the evaluation, not after it
     values, flag = link_condition(snr, erasure)
     config = EvalConfig(run=str(run), data=data, conditions=parse_list(values, flag),
                         condition_flag=flag, draws=draws, limit=limit, data_root=data_root, device=device, seed=seed)
     result = evaluate_run(config)
+    render_eval(result)  # the table first: a file that cannot be written does not hide it
     write_json_output(json_path, result.to_dict())
     if plot is not None:
         plot_eval(result, str(plot))
-    render_eval(result)
 
 
 def register(app: typer.Typer) -> None:

@@ -42,7 +42,8 @@ def write_json_output(path: Path | None, obj) -> None:
 
 
 def parse_range(value: str | None, flag: str):
-    """'10' -> 10.0 (from 10 to the best condition); 'A:B' -> [A, B]."""
+    """'10' -> 10.0 (from 10 to the best condition); 'A:B' -> [A, B], A < B (a reversed range is a
+    typo more often than a wish: refused, not silently sorted)."""
     from ..errors import ChannelError
 
     if value is None:
@@ -53,6 +54,9 @@ def parse_range(value: str | None, flag: str):
         raise ChannelError(f"{flag} {value!r} is not a number or a range A:B") from None
     if len(parts) > 2:
         raise ChannelError(f"{flag} {value!r}: give one number or a range A:B")
+    if len(parts) == 2 and not parts[0] < parts[1]:
+        raise ChannelError(f"{flag} {value!r}: a range A:B goes from low to high (A < B)",
+                           hint=f"{flag} {parts[1]:g}:{parts[0]:g}" if parts[0] > parts[1] else None)
     return parts[0] if len(parts) == 1 else parts
 
 

@@ -19,13 +19,19 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _spread(lo_hi, digits: int = 1) -> str:
+    """' (lo-hi)': the spread of the timed runs beside their median."""
+    return f" ({lo_hi[0]:.{digits}f}-{lo_hi[1]:.{digits}f})" if lo_hi else ""
+
+
 def render_profile(p) -> None:
     shape = "x".join(map(str, p.input_size))
     console.print(f"[bold]{p.model}[/] input {shape}, weights: {p.weights}, "
-                  f"{_si(p.total_macs)} MACs, {_si(p.total_params)} params, {p.latency_ms:.1f} ms (batch 1, here)")
+                  f"{_si(p.total_macs)} MACs, {_si(p.total_params)} params, {p.latency_ms:.1f} ms{_spread(p.latency_range_ms)} "
+                  f"(batch 1, here: median of {p.latency_repeats} runs after a warm-up, (min-max))")
     t = Table(title=None, header_style="bold")
     for col in ("split point", "shape", "KiB f32", "zeros", "|f|<eps", "dev MACs", "dev params",
-                "edge MACs", "edge params", "head ms", "est ms"):
+                "edge MACs", "edge params", "head ms (min-max)", "est ms"):
         t.add_column(col, justify="left" if col in ("split point", "shape") else "right")
     verify = any(r.max_abs_diff is not None for r in p.split_points)
     if verify:
@@ -36,7 +42,7 @@ def render_profile(p) -> None:
         mark = " *" if r.name == rec["best"] else (" ·" if r.name in rec["pareto"] else "")
         row = [name + mark, "x".join(map(str, r.shape)), f"{r.bytes / 1024:.1f}", f"{r.zero_fraction:.1%}",
                f"{r.near_zero_fraction:.1%}", _si(r.device_macs), _si(r.device_params), _si(r.edge_macs),
-               _si(r.edge_params), f"{r.latency_ms:.2f}", f"{r.est_latency_ms:.1f}"]
+               _si(r.edge_params), f"{r.latency_ms:.2f}{_spread(r.latency_range_ms, 2)}", f"{r.est_latency_ms:.1f}"]
         if verify:
             row.append(f"{r.max_abs_diff:.1e}")
         t.add_row(*row)
@@ -86,17 +92,21 @@ def render_eval(r) -> None:
     console.print(f"[bold]{r.model}[/] split at {r.split}: feature {'x'.join(map(str, r.feature_shape))} -> "
                   f"code {'x'.join(map(str, r.code_shape))} ({r.code_symbols} symbols/image): "
                   f"{r.bandwidth_ratio:.1f}x bandwidth{bits}")
-    console.print(f"Channel: {r.channel_definition}")
+    console.print(Text(f"Channel: {r.channel_definition}"))
+    console.print(Text(f"Trained for: {r.train_condition}; conditions outside it are extrapolation (marked *)"))
     t = Table(header_style="bold")
-    t.add_column("condition")
+    t.add_column(f"condition ({r.condition_axis})")
     t.add_column("top-1 mean", justify="right")
     t.add_column("std", justify="right")
     t.add_column("draws", justify="right")
     t.add_column("drop vs backbone", justify="right")
     t.add_row("uncut backbone", f"{r.backbone_top1:.2%}", "", "", "")
     t.add_row("noiseless link", f"{r.noiseless_top1:.2%}", "", "", f"{100 * (r.backbone_top1 - r.noiseless_top1):.2f} pt")
+    lo, hi = r.train_range
     for row in r.results:
-        t.add_row(row["label"], f"{row['top1_mean']:.2%}", f"{100 * row['top1_std']:.2f} pt", str(row["draws"]),
+        value = next(iter(row["condition"].values()))
+        inside = lo is None or (lo <= value and (hi is None or value <= hi))
+        t.add_row(row["label"] + ("" if inside else " *"), f"{row['top1_mean']:.2%}", f"{100 * row['top1_std']:.2f} pt", str(row["draws"]),
                   f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt")
     console.print(t)
     console.print(f"{r.images} test images; accuracies are top-1 on the data given.")
@@ -141,3 +151,11 @@ def render_predictions(result) -> None:
                   f"{len(result.predictions)} images after a warm-up pass: device median {lat['device']['median']:.2f} "
                   f"({lat['device']['min']:.2f}-{lat['device']['max']:.2f}), edge median {lat['edge']['median']:.2f} "
                   f"({lat['edge']['min']:.2f}-{lat['edge']['max']:.2f})")
+
+
+def render_models(names, pattern: str, pretrained: bool) -> None:
+    """Names on stdout, one per line (for grep and xargs); the count on stderr."""
+    for name in names:
+        console.print(Text(name))
+    kind = "pretrained weights" if pretrained else "models"
+    Console(stderr=True, highlight=False).print(Text(f"{len(names)} timm {kind} match {pattern!r}", style="dim"))

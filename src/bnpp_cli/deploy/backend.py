@@ -57,6 +57,9 @@ class BnppBackend(Backend):
     def prepare(self, body: bytes, request: Request) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.edge.receive(body)
         n = z.shape[0]
+        if z.is_floating_point() and not bool(torch.isfinite(z).all()):
+            bad = int((~torch.isfinite(z)).sum())
+            raise ServeError(f"frame holds {bad} non-finite symbols (NaN or Inf): a code is finite by construction")
         if not 1 <= n <= self.max_images:
             raise ServeError(f"frame holds {n} images: valid is 1 to {self.max_images}")
         cond = request.condition

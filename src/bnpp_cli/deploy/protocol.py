@@ -26,6 +26,11 @@ Answer::
                    "images": N, "batch": images in the tail call, "queue_ms": ..., "edge_ms": ...}
                   or {"ok": false, "error": "one line"}
 
+Refused at once, from the first 4 bytes: anything that does not start with the magic (a plain
+HTTP request gets a short ``HTTP/1.1 400`` answer that says what this port speaks, then the
+connection closes). A frame whose symbols are not finite (NaN, Inf) is refused: answers are
+strict JSON, never ``NaN``.
+
 Limits: a frame larger than ``max_images`` codes of this export is refused from its header,
 before its payload is read; a request must arrive whole within ``read_timeout_s`` of its first
 byte; a keep-alive connection idle for ``idle_timeout_s`` is closed; at most ``max_connections``
@@ -83,6 +88,27 @@ def encode_request(frame: bytes, request: Request, token: str | bytes | None = N
     flags = FLAG_CLOSE if request.close else 0
     return _REQUEST.pack(MAGIC, VERSION, flags, request.topk, cond, request.seed, request.first_index,
                          len(tok)) + tok + frame
+
+
+HTTP_METHODS = (b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
+
+
+def is_http(head: bytes) -> bool:
+    """Do the first 4 bytes of a request look like an HTTP request line?"""
+    return head[:4] in HTTP_METHODS
+
+
+def check_magic(head: bytes) -> None:
+    """The first 4 bytes of a request: anything but the magic is refused before more is read."""
+    if head[:4] != MAGIC:
+        raise ServeError(f"bad request magic {head[:4]!r} (expected {MAGIC!r}): not a bnpp request")
+
+
+def http_refusal() -> bytes:
+    """What a plain HTTP client gets: a 400 whose body says what this port speaks."""
+    text = b"bnpp serve speaks its own binary protocol (bnpp infer), not HTTP\n"
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(text)).encode() + b"\r\n\r\n" + text)
 
 
 def parse_request_header(buf: bytes) -> tuple[Request, int]:

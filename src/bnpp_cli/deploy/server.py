@@ -37,7 +37,12 @@ from ..errors import BnppError, ServeError
 from .backend import Backend, BnppBackend
 from .batcher import Job, MicroBatcher
 from .halves import load_edge_dir
-from .protocol import ANSWER_LENGTH, LINGER_BYTES, LINGER_S, MAX_TOKEN, REQUEST_HEADER, Request, parse_request_header
+from .protocol import (ANSWER_LENGTH, LINGER_BYTES, LINGER_S, MAGIC, MAX_TOKEN, REQUEST_HEADER, Request, check_magic,
+                       http_refusal, is_http, parse_request_header)
+
+
+class _HttpRequest(Exception):
+    """A plain HTTP request reached the port: answered in HTTP, then closed."""
 
 # ---- the server --------------------------------------------------------------------------------
 @dataclass
@@ -158,6 +163,11 @@ class EdgeServer:
                 except BnppError as e:  # header, token or frame framing
                     await self._refuse(reader, writer, str(e))
                     return
+                except _HttpRequest:
+                    self._error("plain HTTP request refused (this port speaks the bnpp protocol)")
+                    writer.write(http_refusal())
+                    await asyncio.wait_for(writer.drain(), self.config.read_timeout_s)
+                    return
                 job = Job(body, request, self._loop.create_future())
                 self._batcher.submit(job)
                 answer = await job.future
@@ -171,7 +181,11 @@ class EdgeServer:
             writer.close()
 
     async def _read_request(self, first: bytes, reader: asyncio.StreamReader) -> tuple[bytes, Request]:
-        request, tok_len = parse_request_header(first + await reader.readexactly(REQUEST_HEADER - 1))
+        head = first + await reader.readexactly(len(MAGIC) - 1)
+        if is_http(head):
+            raise _HttpRequest
+        check_magic(head)  # refused now: a client of another protocol may never send 30 bytes
+        request, tok_len = parse_request_header(head + await reader.readexactly(REQUEST_HEADER - len(MAGIC)))
         token = await reader.readexactly(tok_len)
         if self.token is not None and not hmac.compare_digest(token, self.token):
             raise ServeError("authentication failed: wrong or missing token")
@@ -199,7 +213,11 @@ class EdgeServer:
         return {"ok": False, "error": message}
 
     async def _answer(self, writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
-        body = json.dumps(answer, separators=(",", ":")).encode()
+        try:  # strict JSON: a parser may reject NaN, so no answer ever holds one
+            body = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
+        except ValueError:
+            body = json.dumps(self._error("the edge computed non-finite numbers (NaN or Inf) for this request"),
+                              separators=(",", ":")).encode()
         writer.write(ANSWER_LENGTH.pack(len(body)) + body)
         await asyncio.wait_for(writer.drain(), self.config.read_timeout_s)
 

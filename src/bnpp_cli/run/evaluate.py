@@ -15,6 +15,7 @@ The head runs once over the test set; each condition re-runs only encoder, chann
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -23,9 +24,10 @@ import torch
 
 from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset
-from ..errors import ChannelError
+from ..errors import BnppError, ChannelError, DataError
 from ..link.config import select_condition
 from .pipeline import Run, load_run
+from .rundir import RunDir
 
 
 @dataclass
@@ -51,6 +53,7 @@ class EvalResult:
     channel_definition: str
     condition_axis: str  # what the conditions are, with their unit
     train_condition: str  # the range the codec was trained for, in words
+    train_range: list[float | None]  # the same range in the condition's units [low, high]; None: noiseless
     feature_shape: list[int]
     code_shape: list[int]
     bandwidth_ratio: float
@@ -68,21 +71,33 @@ class EvalResult:
 
 
 def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
-    """Evaluate a fitted run directory on test images at fixed channel conditions."""
-    run = run or load_run(config.run)
-    pipeline = run.pipeline.eval()
-    channel = pipeline.channel
+    """Evaluate a fitted run directory on test images at fixed channel conditions.
+
+    Options, conditions and the test data are checked from the run's config.json before the model
+    is rebuilt: a bad value costs no model build."""
+    if config.draws < 1:
+        raise ChannelError(f"--draws {config.draws} must be at least 1")
+    if config.limit is not None and config.limit < 1:
+        raise DataError(f"--limit {config.limit} must be at least 1 (images)")
+    if run is None:
+        run_dir = RunDir(config.run)
+        run_config = run_dir.read_config()
+        run_dir.check_complete()
+    else:
+        run_config = run.config
+    channel = run_config.channel.build()
     requested = config.conditions
     if config.condition_flag is not None:
         requested = select_condition(channel, {config.condition_flag: requested}, "this run's")
     conditions = _conditions(channel, requested)
-    if config.draws < 1:
-        raise ChannelError(f"--draws {config.draws} must be at least 1")
-    dc = run.config.data_config
+    dc = run_config.data_config
     dataset = load_dataset(config.data, input_size=tuple(dc["input_size"][1:]), train=False, root=config.data_root)
-    check_labels(dataset, run.config.num_classes)
+    check_labels(dataset, run_config.num_classes)
     if config.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(config.limit, len(dataset))))
+    run = run or load_run(config.run)
+    pipeline = run.pipeline.eval()
+    channel = pipeline.channel
     device = torch.device(config.device)
     pipeline.to(device)
     transform = BatchTransform(dc["mean"], dc["std"], augment=False)
@@ -120,7 +135,8 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     return EvalResult(
         run=str(run.path), model=run.config.model, split=run.config.split, channel=channel.name,
         channel_definition=channel.describe(), condition_axis=channel.condition_axis,
-        train_condition=channel.format_train_condition(), feature_shape=list(codec.feature_shape),
+        train_condition=channel.format_train_condition(), train_range=[None if math.isinf(v) else float(v) for v in channel.train_condition],
+        feature_shape=list(codec.feature_shape),
         code_shape=list(codec.code_shape), bandwidth_ratio=codec.bandwidth_ratio,
         bit_ratio=codec.bit_ratio(bits) if bits else None, bits=bits, code_symbols=code_symbols,
         payload_bytes=(code_symbols * bits + 7) // 8 if bits else None, images=len(y_all),
@@ -140,15 +156,23 @@ def _conditions(channel, requested: Sequence[float] | None) -> list[float]:
     return [float(v) for v in requested]
 
 
-def plot_eval(result: EvalResult, path: str) -> None:
-    """Top-1 vs channel condition, with the backbone and noiseless figures as references (PNG)."""
+def check_plotting() -> None:
+    """--plot needs matplotlib: say so before an evaluation that may take minutes, not after it."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        raise ChannelError("--plot needs matplotlib: pip install 'bnpp[plot]'") from None
+        raise BnppError("--plot needs matplotlib, which is not installed", hint="pip install 'bnpp[plot]'") from None
+
+
+def plot_eval(result: EvalResult, path: str) -> None:
+    """Top-1 vs channel condition, with the backbone and noiseless figures as references and the
+    codec's training range shaded (PNG)."""
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from ..files import atomic_write
 
     xs = [next(iter(r["condition"].values())) for r in result.results]
@@ -158,6 +182,10 @@ def plot_eval(result: EvalResult, path: str) -> None:
     ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{result.channel} (mean ± std)")
     ax.axhline(100 * result.backbone_top1, color="k", ls="--", lw=1, label="uncut backbone")
     ax.axhline(100 * result.noiseless_top1, color="g", ls=":", lw=1, label="cut, noiseless link")
+    lo, hi = result.train_range
+    if xs and lo is not None and lo != hi:  # the codec's training range, clipped to the plotted conditions
+        top = max(xs + [lo]) if hi is None else hi
+        ax.axvspan(lo, top, color="tab:blue", alpha=0.08, label=f"trained for {result.train_condition}")
     ax.set_xlabel(result.condition_axis)
     ax.set_ylabel("top-1 (%)")
     bits = f", {result.bit_ratio:.0f}x bits" if result.bit_ratio else ""

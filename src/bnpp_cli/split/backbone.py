@@ -11,6 +11,9 @@ read with ``torch.load(weights_only=True)``: nothing a user hands us is unpickle
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from torch import nn
 from ..errors import ModelError, choices_hint
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
 
 
@@ -88,6 +92,22 @@ def _check_model_name(name: str) -> None:
     raise ModelError(f"unknown timm model '{name}'", hint=choices_hint(name, names))
 
 
+def list_timm_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """timm.list_models: names matching a wildcard pattern ("resnet*", "*vit*"); with ``pretrained``,
+    the pretrained weights' full names (model.tag, e.g. resnet18.a1_in1k). No match is an error
+    that names close model names."""
+    import timm
+
+    names = timm.list_models(pattern, pretrained=pretrained)
+    if not names:
+        every = timm.list_models()
+        close = choices_hint(pattern.strip("*"), every) if pattern.strip("*") else None
+        kind = "pretrained timm weights" if pretrained else "timm model"
+        raise ModelError(f"no {kind} matches {pattern!r} ({len(every)} models in timm {timm.__version__})",
+                         hint=close)
+    return list(names)
+
+
 def create_timm_model(name: str, create_kwargs: dict[str, Any], pretrained: bool = False) -> nn.Module:
     """timm.create_model, with `None` kwargs dropped so that they never override a model's defaults."""
     import timm
@@ -107,6 +127,8 @@ def load_backbone(config: BackboneConfig) -> Backbone:
         raise ModelError(f"--img-size {config.img_size} is out of range", hint="valid: 8 to 4096 pixels")
     if config.num_classes is not None and config.num_classes < 1:
         raise ModelError(f"--num-classes {config.num_classes} must be at least 1")
+    if config.pretrained and config.checkpoint is None:
+        _check_weights_reachable(config.model)  # in seconds, before any model is built
     create_kwargs: dict[str, Any] = dict(config.model_kwargs)
     if config.num_classes is not None:
         create_kwargs["num_classes"] = config.num_classes
@@ -153,6 +175,57 @@ def _create_pretrained(name: str, create_kwargs: dict[str, Any]) -> nn.Module:
         ) from None
 
 
+def _check_weights_reachable(name: str, timeout_s: float = 3.0) -> None:
+    """Offline, the hub client retries for about a minute before it gives up: find out in seconds.
+    Weights already in the local cache need no network; otherwise one TCP connection to where
+    they would come from (the hub, timm's URL, or the https proxy) must open within ``timeout_s``."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return  # timm will say that the model has no pretrained weights
+    hub_id, url = getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
+    if _cached(hub_id, url):
+        return
+    hint = "use --checkpoint FILE for local weights, or drop --pretrained for random init"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelError(f"could not fetch pretrained weights for '{name}': HF_HUB_OFFLINE is set and they are "
+                         f"not in the local cache", hint=hint)
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = proxy or (os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub_id else url)
+    if not target:
+        return
+    where = urlparse(target if "//" in target else f"//{target}")
+    host, port = where.hostname, where.port or (80 if where.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ModelError(f"could not fetch pretrained weights for '{name}' (offline?): {host}:{port} cannot be "
+                         f"reached ({reason.lower()}) and the weights are not in the local cache", hint=hint) from None
+
+
+def _cached(hub_id: str | None, url: str | None) -> bool:
+    """Are the pretrained weights in the hub's or torch.hub's local cache?"""
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        repo, _, revision = hub_id.partition("@")
+        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+                return True
+        return False
+    if url:
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name).is_file()
+    return False
+
+
 def resolve_data_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
     """timm's data config (mean, std, input size, crop_pct, interpolation), plain types."""
     from timm.data import resolve_model_data_config
@@ -197,9 +270,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(p), device="cpu")
         else:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's own advice is to unpickle: we never do
+                warnings.simplefilter("ignore")
+                state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" (e.g. {found.group(1)})" if found else ""
+        raise ModelError(f"checkpoint '{path}' holds pickled Python objects besides tensors{what}: bnpp reads "
+                         f"weights only and never unpickles a file",
+                         hint="save model.state_dict() as .safetensors (safetensors.torch.save_file)") from None
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = _ANSI.sub("", str(e)).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelError(f"checkpoint '{path}' cannot be read (corrupt or not a weights file): {reason}") from None
     for key in _NESTING_KEYS:  # the usual {"state_dict": ...} / {"model": ...} nesting
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -211,6 +292,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's classifier (timm's get_classifier()), empty if it has none."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module):
+        return set()
+    for name, module in model.named_modules():
+        if module is head:
+            return {f"{name}.{k}" if name else k for k in module.state_dict()}
+    return set()
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
@@ -230,9 +323,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        hint = None
-        head_like = [k for k in mismatched if k.endswith((".weight", ".bias")) and own[k].ndim <= 2]
-        if head_like:
-            hint = f"the classifier differs: try --num-classes {state[head_like[0]].shape[0]}"
+        classifier = _classifier_keys(model)
+        if mismatched and set(mismatched) <= classifier and not missing and not unexpected:
+            k = sorted(mismatched)[0]
+            hint = f"only the classifier differs: try --num-classes {state[k].shape[0]}"
+        else:  # a checkpoint of another architecture (or variant): --num-classes cannot fix that
+            hint = (f"{len(mismatched) + len(missing) + len(unexpected)} tensors do not fit (the model has {len(own)}): "
+                    "is it a checkpoint of this model (name, --model-kwargs)?")
         raise ModelError(f"checkpoint '{path}' does not match the model: " + "; ".join(parts), hint=hint)
     model.load_state_dict(state, strict=True)

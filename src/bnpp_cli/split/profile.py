@@ -68,6 +68,7 @@ class PointProfile:
     payload_bits: int  # under the budget's ratio
     est_latency_ms: float  # device + link + edge under the budget
     max_abs_diff: float | None = None  # with verify
+    latency_range_ms: list[float] = field(default_factory=list)  # [min, max] of the timed runs (spread)
 
 
 @dataclass
@@ -82,6 +83,8 @@ class ModelProfile:
     split_points: list[PointProfile]
     recommendation: dict[str, Any]
     notes: list[str]
+    latency_range_ms: list[float] = field(default_factory=list)  # whole model: [min, max] of the timed runs
+    latency_repeats: int = 0  # timed runs behind each median, after one untimed warm-up
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -111,12 +114,12 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
     total_params = sum(p.numel() for p in backbone.model.parameters())
 
     inputs, source = _sample_inputs(config, backbone)
-    latency, full_ms, sparsity = _measure(traced, points, x1, inputs, config.near_zero, config.repeats)
+    latency, full_ms, sparsity, spread = _measure(traced, points, x1, inputs, config.near_zero, config.repeats)
 
     rows: list[PointProfile] = []
     with torch.no_grad():
         reference = backbone.model(inputs[:8]) if config.verify else None
-    for p, head_ms, (zero, near) in zip(points, latency, sparsity):
+    for p, head_ms, (zero, near), head_range in zip(points, latency, sparsity, spread):
         head, tail = split_model(traced, p)
         device_params = sum(t.numel() for t in head.parameters())
         edge_params = sum(t.numel() for t in tail.parameters())
@@ -128,6 +131,7 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
             zero_fraction=zero, near_zero_fraction=near, device_macs=device_macs, device_params=device_params,
             edge_macs=edge_macs, edge_params=edge_params, latency_ms=head_ms,
             payload_bits=payload_bits, est_latency_ms=_estimate_ms(device_macs, payload_bits, edge_macs, config.budget),
+            latency_range_ms=head_range,
         )
         if reference is not None:
             with torch.no_grad():
@@ -143,6 +147,7 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
         model=config.backbone.model, input_size=list(input_size), weights=backbone.weights, inputs=source,
         total_macs=total_macs, total_params=total_params, latency_ms=full_ms, split_points=rows,
         recommendation=recommend(rows, config.budget, input_size, total_macs), notes=notes,
+        latency_range_ms=spread[-1], latency_repeats=config.repeats,
     )
 
 
@@ -221,8 +226,10 @@ def _instrument(traced: TracedModel, points: list[SplitPoint]) -> torch.fx.Graph
 
 
 def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, inputs: torch.Tensor,
-             eps: float, repeats: int) -> tuple[list[float], float, list[tuple[float, float]]]:
-    """Per point: head latency (ms, batch 1, median of repeats); the whole model's; (zero, near-zero) fractions."""
+             eps: float, repeats: int) -> tuple[list[float], float, list[tuple[float, float]], list[list[float]]]:
+    """Per point: head latency (ms, batch 1, median of repeats); the whole model's; (zero, near-zero)
+    fractions; and [min, max] of the timed runs per point, the whole model last (the spread: a
+    median taken on a loaded machine is not a fact without it)."""
     gm = _instrument(traced, points)
     runs = []
     with torch.inference_mode():
@@ -231,6 +238,7 @@ def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, in
             gm(x1)
             runs.append([1e3 * (t - _STAMPS[0]) for t in _STAMPS[1:]])
         latency = [statistics.median(r[i] for r in runs[1:]) for i in range(len(points) + 1)]
+        spread = [[min(r[i] for r in runs[1:]), max(r[i] for r in runs[1:])] for i in range(len(points) + 1)]
         counts = [[0, 0, 0] for _ in points]
         for chunk in inputs.split(16):
             for c, f in zip(counts, gm(chunk)):
@@ -238,4 +246,4 @@ def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, in
                 c[1] += int((f.abs() < eps).sum())
                 c[2] += f.numel()
     _STAMPS.clear()
-    return latency[:-1], latency[-1], [(c[0] / c[2], c[1] / c[2]) for c in counts]
+    return latency[:-1], latency[-1], [(c[0] / c[2], c[1] / c[2]) for c in counts], spread
