@@ -60,9 +60,9 @@ def _root() -> None:
 
 
 from . import eval as _eval, export as _export, fit as _fit, predict as _predict, profile as _profile  # noqa: E402
-from . import models as _models, serve as _serve  # noqa: E402
+from . import models as _models, search as _search, serve as _serve  # noqa: E402
 
-for _module in (_profile, _fit, _eval, _export, _predict, _serve, _models):
+for _module in (_profile, _fit, _eval, _export, _predict, _serve, _models, _search):
     _module.register(app)
 
 

@@ -1,0 +1,122 @@
+"""`bnpp search` on the shared CIFAR-10 resnet18: does the measured search find the right split and rate?
+
+Runs the library's search (bnpp_cli.run.search.search_split_rate, the code behind `bnpp search`) on
+../shared/data/cifar10/train.npz (validation: the 10 % that every fit holds out), AWGN trained for
+PSNR >= 20 dB and measured at 20 dB, --max-drop 2, then touches the test split ONCE: the
+recommended candidate's run through evaluate_run on ../shared/data/cifar10/test.npz. It compares
+the recommendation with the full benchmark grid (benchmarks/README.md: the earliest split within
+2 points at 64x AWGN 20 dB is layer3, 29.6 M device MACs incl. the encoder).
+
+    python benchmarks/search_resnet18.py                 # -> benchmarks/results/search_resnet18.{json,png}
+    python benchmarks/search_resnet18.py --name X ...    # another results name (and search directory)
+
+The candidates' runs go to runs/search_resnet18 (not committed); a second invocation reuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bnpp_cli.files import write_json
+from bnpp_cli.link.config import ChannelConfig
+from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+from bnpp_cli.run.search import SearchConfig, search_split_rate
+from bnpp_cli.run.search_plot import plot_search
+from bnpp_cli.split.backbone import BackboneConfig
+from bnpp_cli.split.profile import Budget
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GRID_EARLIEST = {"split": "layer3", "device_macs": 29.6e6, "source": "benchmarks/README.md full grid, bnpp-best "
+                 "64x AWGN 20 dB test drop 0.89 (10,000 images x 3 epochs)"}
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", default="search_resnet18")
+    ap.add_argument("--splits", default="layer1,layer2,layer3,layer4")
+    ap.add_argument("--ratios", default="16,64,256")
+    ap.add_argument("--max-drop", type=float, default=2.0)
+    ap.add_argument("--snr", type=float, default=20.0)
+    ap.add_argument("--first-images", type=int, default=2000)
+    ap.add_argument("--first-epochs", type=int, default=1)
+    ap.add_argument("--eta", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=2)
+    ap.add_argument("--test-draws", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    data, model = SHARED / "data" / "cifar10", SHARED / "models" / "resnet18_cifar10.safetensors"
+    if not (data / "train.npz").is_file() or not model.is_file():
+        sys.exit(f"needs {data}/train.npz and {model}")
+    out = REPO / "runs" / args.name
+    config = SearchConfig(
+        backbone=BackboneConfig("resnet18", checkpoint=str(model), num_classes=10, img_size=32),
+        data=str(data / "train.npz"), out=str(out), channel=ChannelConfig("awgn", args.snr),
+        splits=args.splits.split(","), rates=[float(r) for r in args.ratios.split(",")], max_drop=args.max_drop,
+        budget=Budget(), first_images=args.first_images, first_epochs=args.first_epochs, eta=args.eta,
+        rounds=args.rounds, draws=args.draws, device=args.device, seed=args.seed)
+
+    def progress(event: str, info: dict) -> None:
+        if event == "candidate":
+            m = info["measured"]
+            left = f"{info['left_s']:.0f}" if info["left_s"] is not None else "?"
+            print(f"[{info['done']}/{info['planned']}] {m['name']}: val drop {m['val_drop']:.2f}, "
+                  f"{m['device_macs'] / 1e6:.1f} M MACs, fit {m['fit_seconds']:.0f} s; "
+                  f"elapsed {info['elapsed_s']:.0f} s, ~{left} s left", flush=True)
+        elif event in ("round", "start"):
+            print(event, info, flush=True)
+
+    t0 = time.perf_counter()
+    result = search_split_rate(config, progress)
+    search_s = time.perf_counter() - t0
+    rec = result.recommendation["candidate"]
+    test = None
+    if rec is not None:  # the test split, touched once, for the recommended candidate only
+        ev = evaluate_run(EvalConfig(run=rec["run"], data=str(data / "test.npz"), conditions=[args.snr],
+                                     draws=args.test_draws, device=args.device, seed=args.seed))
+        top1 = ev.results[0]["top1_mean"]
+        test = {"images": ev.images, "backbone_top1": ev.backbone_top1, "top1": top1,
+                "drop": 100 * (ev.backbone_top1 - top1), "top1_draws": ev.results[0]["top1"],
+                "noiseless_top1": ev.noiseless_top1}
+    summary = {
+        "command": " ".join(["python", "benchmarks/search_resnet18.py", *sys.argv[1:]]), "commit": commit(),
+        "machine": machine(), "seed": args.seed, "search_seconds": search_s, "search": result.to_dict(),
+        "test": test, "grid_earliest_within_2": GRID_EARLIEST,
+        "checks": None if rec is None else {
+            "test_drop_within_max_drop": test["drop"] <= args.max_drop,
+            "device_macs_vs_grid_earliest": rec["device_macs"] / GRID_EARLIEST["device_macs"],
+            "within_10_percent_of_grid_earliest": rec["device_macs"] <= 1.1 * GRID_EARLIEST["device_macs"],
+            "search_under_30_min": search_s <= 1800},
+    }
+    results = REPO / "benchmarks" / "results"
+    write_json(results / f"{args.name}.json", summary)
+    plot_search(result, str(results / f"{args.name}.png"))
+    print(f"search {search_s / 60:.1f} min; recommendation {rec}; test {test}; note: {result.recommendation['note']}")
+
+
+if __name__ == "__main__":
+    main()
