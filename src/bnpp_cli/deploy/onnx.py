@@ -155,6 +155,9 @@ class _OnnxHalf:
             raise ExportError(f"'{path}' does not exist", hint="make it with `bnpp export RUN --format onnx`")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's warnings would land on the user's stderr
+        # idle worker threads sleep instead of spinning: the process also runs torch (the link, or the
+        # other half), which spinning threads would starve on a small CPU
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
