@@ -4,7 +4,8 @@
         the same images every candidate's fit holds out (fit_codec's split_train_val with its seed),
         or --val-data
     write_images_npz(path, x, y, classes)  the images as an .npz that `bnpp eval` reads (atomic)
-    measure_baselines(model, x, y, ...)  label on device and image to edge:
+    measure_images(model, x, y, ...)       the uncut model's top-1 and each image encoding's figures
+    baselines(measured, ..., budget, max_drop)  label on device and image to edge under a budget:
 
     label-on-device  the whole model on the device, the label sent: log2(K) bits, drop 0
     image-to-edge    the image sent, everything on the edge: PNG (lossless, drop 0) and JPEG at
@@ -91,27 +92,32 @@ def _encode(image: torch.Tensor, fmt: str, quality: int | None) -> tuple[int, to
     return size, torch.from_numpy(decoded.copy()).permute(2, 0, 1)
 
 
-def measure_baselines(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data_config: dict[str, Any],
-                      total_macs: int, num_classes: int, budget: Budget, max_drop: float,
-                      qualities: Sequence[int] = JPEG_QUALITIES) -> dict[str, Any]:
-    """Top-1 of the uncut model on the images, and the two baselines with their measured figures."""
+def measure_images(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data_config: dict[str, Any],
+                   qualities: Sequence[int] = JPEG_QUALITIES) -> dict[str, Any]:
+    """Top-1 of the uncut model on the images, and each image encoding's size and top-1 after
+    decoding (what the search keeps: no budget in it)."""
     transform = BatchTransform(data_config["mean"], data_config["std"], augment=False)
     model = model.eval()
     top1 = _top1(model, x, y, transform)
-    label_bits = math.log2(num_classes)
-    encodings = []
     png_bytes = sum(_encode(img, "PNG", None)[0] for img in x)
-    encodings.append({"format": "png", "quality": None, "bytes_per_image": png_bytes / len(x),
-                      "val_top1": top1, "val_drop": 0.0})  # lossless: the model sees the same pixels
+    encodings = [{"format": "png", "quality": None, "bytes_per_image": png_bytes / len(x),
+                  "val_top1": top1, "val_drop": 0.0}]  # lossless: the model sees the same pixels
     for q in qualities:
         sizes, decoded = zip(*(_encode(img, "JPEG", q) for img in x))
         q_top1 = _top1(model, torch.stack(decoded), y, transform)
         encodings.append({"format": "jpeg", "quality": q, "bytes_per_image": sum(sizes) / len(x),
                           "val_top1": q_top1, "val_drop": 100 * (top1 - q_top1)})
+    return {"backbone_val_top1": top1, "images": len(y), "encodings": encodings}
+
+
+def baselines(measured: dict[str, Any], total_macs: int, num_classes: int, budget: Budget,
+              max_drop: float) -> dict[str, Any]:
+    """Label on device and image to edge under a budget and tolerance, from measure_images' figures."""
+    encodings = measured["encodings"]
     within = [e for e in encodings if e["val_drop"] <= max_drop]
     chosen = min(within, key=lambda e: e["bytes_per_image"]) if within else \
         next(e for e in encodings if e["quality"] == 90)
-    image_bits = 8 * chosen["bytes_per_image"]
+    label_bits, image_bits = math.log2(num_classes), 8 * chosen["bytes_per_image"]
     label = {"name": "label-on-device", "device_macs": total_macs, "edge_macs": 0, "bits_per_image": label_bits,
              "val_drop": 0.0, "latency_ms": latency_ms(total_macs, label_bits, 0, budget),
              "what": f"whole model on the device, the label sent (log2 {num_classes} bits)"}
@@ -121,4 +127,5 @@ def measure_baselines(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
                      + (f" quality {chosen['quality']}" if chosen["quality"] else "")
                      + f" ({chosen['bytes_per_image']:.0f} bytes mean), the whole model on the edge",
              "encodings": encodings}
-    return {"backbone_val_top1": top1, "images": len(y), "label_on_device": label, "image_to_edge": image}
+    return {"backbone_val_top1": measured["backbone_val_top1"], "images": measured["images"],
+            "label_on_device": label, "image_to_edge": image}

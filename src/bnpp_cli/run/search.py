@@ -146,11 +146,10 @@ def search_split_rate(config: SearchConfig, callback: Callback = _noop) -> Searc
     batch = config.batch_size or get_preset(config.preset).recipe.batch_size
     if config.first_images < batch:
         raise BnppError(f"--first-images {config.first_images} is fewer than a batch ({batch}): nothing would train")
-    if "baselines" not in state:
-        state["baselines"] = bl.measure_baselines(backbone.model, x, y, backbone.data_config, total_macs,
-                                                  backbone.num_classes, config.budget, config.max_drop)
+    if "images" not in state:  # the uncut model and the image encodings, measured once
+        state["images"] = bl.measure_images(backbone.model, x, y, backbone.data_config)
         _write(out, state)
-    base = state["baselines"]
+    base = bl.baselines(state["images"], total_macs, backbone.num_classes, config.budget, config.max_drop)
     callback("baselines", base)
     target = channel.condition_from_param(channel.param_range[1]) if channel.condition_name else None
     condition = channel.format_condition(target) if target is not None else "noiseless link"
@@ -160,6 +159,8 @@ def search_split_rate(config: SearchConfig, callback: Callback = _noop) -> Searc
     callback("start", {"splits": [p["name"] for p in points], "rates": config.rates, "planned": sum(plan),
                        "rounds": plan, "condition": condition, "validation": source, "images": len(y)})
     done: dict[str, dict[str, Any]] = {m["name"]: m for m in state.get("candidates", [])}
+    for m in done.values():  # measured under another budget, maybe: the latency is this one's
+        m["latency_ms"] = latency_ms(m["device_macs"], m["bits_per_image"], m["edge_macs"], config.budget)
     measured: list[Measured] = [Measured(**m) for m in done.values()]
     skipped: dict[str, dict[str, Any]] = {s["name"]: s for s in state.get("skipped", [])}
     timing = _Timing()
