@@ -174,7 +174,9 @@ class EdgeServer:
                 await self._answer(writer, answer)
                 if request.close:
                     return
-        except (ConnectionError, asyncio.TimeoutError):
+        except (OSError, asyncio.TimeoutError):  # the device went away (reset, not connected): nothing to answer
+            return
+        except asyncio.CancelledError:  # the server is stopping: the device sees the connection close
             return
         finally:
             self._conns.discard(task)
@@ -195,8 +197,11 @@ class EdgeServer:
         """Error answer, then a lingering close: half-close and discard what the device still sends
         (bounded in bytes and time), so that unread input does not reset the answer away."""
         await self._answer(writer, self._error(message))
-        if writer.can_write_eof():
-            writer.write_eof()
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+        except OSError:  # the device has already gone (ENOTCONN): nothing to linger for
+            return
         deadline, drained = self._loop.time() + LINGER_S, 0
         while drained < LINGER_BYTES and (left := deadline - self._loop.time()) > 0:
             try:
