@@ -18,7 +18,7 @@ from bnpp_cli.link.config import ChannelConfig
 from bnpp_cli.run.baselines import baselines, measure_images, validation_images, write_images_npz
 from bnpp_cli.run.candidates import (Measured, choose_splits, latency_ms, latest, pareto, promote, rate_to_ratio,
                                      recommend, round_budget)
-from bnpp_cli.run.search import SearchConfig, search_split_rate
+from bnpp_cli.run.search import SearchConfig, read_search, search_split_rate
 from bnpp_cli.split.backbone import BackboneConfig
 from bnpp_cli.split.profile import Budget
 
@@ -199,6 +199,7 @@ def test_interrupted_search_resumes_without_refitting(tiny_search):
     saved = json.loads((Path(config.out) / "search.json").read_text())
     assert saved["status"] == "done" and len(saved["candidates"]) == 3
     assert saved["recommendation"] == result.recommendation
+    assert read_search(config.out) == result  # what `bnpp profile --search DIR` would read
 
 
 @pytest.mark.slow
@@ -266,3 +267,5 @@ def test_cli_search_errors(tmp_path):
     r = CliRunner().invoke(app, ["search", "test_resnet", "--data", str(data), "--out", str(tmp_path / "busy")])
     assert r.exit_code == 2 and "not a bnpp search" in r.output
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    with pytest.raises(RunError, match="holds no bnpp search"):
+        read_search(tmp_path / "busy")

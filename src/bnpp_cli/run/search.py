@@ -1,6 +1,6 @@
 """`bnpp search`: recommend the split AND the rate from measured accuracy, not an assumed ratio.
 
-    search_split_rate(SearchConfig) -> SearchResult
+    search_split_rate(SearchConfig) -> SearchResult      read_search(DIR) -> SearchResult (finished)
       trace the model, count each split's MACs -> the validation images (those every fit holds out)
       -> baselines on them (label on device, image to edge) -> round 0: a short fit_codec of every
       (split, rate) -> evaluate_run on the validation images at the target condition -> promote
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -219,6 +219,25 @@ def search_split_rate(config: SearchConfig, callback: Callback = _noop) -> Searc
     )
     _write(out, {**state, **result.to_dict(), "config": config.to_dict()})
     return result
+
+
+def read_search(out: str | Path) -> SearchResult:
+    """The summary of a finished search in ``out`` (for `bnpp profile --search DIR`, or a program)."""
+    path = Path(out) / SEARCH_FILE
+    if not path.is_file():
+        raise RunError(f"'{out}' holds no bnpp search ({SEARCH_FILE} is missing)",
+                       hint="run `bnpp search MODEL --data ... --out DIR` first")
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as e:
+        raise RunError(f"'{path}' is not valid JSON: {e}") from None
+    if not isinstance(state, dict) or state.get("status") != "done":
+        raise RunError(f"the search in '{out}' has not finished (status {state.get('status')!r})",
+                       hint="run the same `bnpp search` command again to finish it")
+    if state.get("schema", 0) > SEARCH_SCHEMA:
+        raise RunError(f"'{path}' has schema {state['schema']}, newer than this bnpp's ({SEARCH_SCHEMA})")
+    names = {f.name for f in fields(SearchResult)}
+    return SearchResult(**{k: v for k, v in state.items() if k in names})
 
 
 def _check(c: SearchConfig) -> None:
