@@ -28,15 +28,15 @@ def test_serve_survives_garbage_disconnects_and_a_restart_under_load(tmp_path):
     d = json.loads(out.read_text())
     c = d["counts"]
     assert d["wrong_answers"] == 0 and d["hangs"] == 0, d
-    assert c["good"]["answered"] >= 50  # checked one by one against the edge half run locally
+    assert c["good"]["answered"] >= 50, c  # checked one by one against the edge half run locally
     # a good request either got its answer, or a clear refusal, or found the port closed (restart)
-    assert c["good"]["attempts"] == sum(c["good"][k] for k in ("answered", "refused", "unreachable"))
-    assert all(m.startswith("good: the edge server at") for m in d["refusal_messages"] if m.startswith("good"))
-    assert c["garbage"]["refused"] > 0 and c["http"]["refused"] > 0 and c["slow"]["refused"] > 0
-    assert c["cut"]["closed"] > 0
+    assert c["good"]["attempts"] == sum(c["good"][k] for k in ("answered", "refused", "unreachable")), c
+    assert all(m.startswith("good: the edge server at") for m in d["refusal_messages"] if m.startswith("good")), d
+    assert c["garbage"]["refused"] > 0 and c["http"]["refused"] > 0 and c["slow"]["refused"] > 0, c
+    assert c["cut"]["closed"] > 0, c
     assert len(d["servers"]) == 2
     for server in d["servers"]:
-        assert server["exit_code"] == 0 and server["stop_s"] < 10  # SIGTERM under load: a clean stop
+        assert server["exit_code"] == 0 and server["stop_s"] < 10, server  # SIGTERM under load: a clean stop
         assert server["stderr_tracebacks"] == 0, server["stderr_first_traceback"]
-        assert server["rss_growth_after_1s_mb"] < 256, server  # bounded (the 60 s run: benchmarks/README.md)
+        assert server["rss_growth_after_1s_mb"] < 64, server  # bounded (+2.5 and +16 MB in the 20 s run)
     assert d["latency_ms"]["p99"] is not None and d["latency_ms"]["p50"] <= d["latency_ms"]["p99"]

@@ -128,9 +128,16 @@ class EdgeServer:
             await self._stop.wait()
         finally:
             server.close()
-            for task in (*self._conns, batcher):
-                task.cancel()
-            await asyncio.gather(*self._conns, batcher, return_exceptions=True)
+            batcher.cancel()
+            # connections accepted from the backlog after close() are refused at their start; cancel
+            # until none is left (a connection left open would wait on the stopped batcher forever)
+            while self._conns:
+                pending = list(self._conns)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                self._conns.difference_update(pending)
+            await asyncio.gather(batcher, return_exceptions=True)
             await server.wait_closed()
             executor.shutdown(wait=True)  # an in-flight tail call finishes; nothing new starts
         return self.stats
@@ -138,8 +145,8 @@ class EdgeServer:
     # -- per connection (event loop) --------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._conns) >= self.config.max_connections:
-            writer.close()
+        if len(self._conns) >= self.config.max_connections or self._stop.is_set():
+            writer.close()  # over the limit, or stopping: closed at once, the device sees why
             return
         self._conns.add(task)
         self.stats.connections += 1
@@ -168,6 +175,8 @@ class EdgeServer:
                     writer.write(http_refusal())
                     await asyncio.wait_for(writer.drain(), self.config.read_timeout_s)
                     return
+                if self._stop.is_set():
+                    return  # stopping: the batcher takes nothing new
                 job = Job(body, request, self._loop.create_future())
                 self._batcher.submit(job)
                 answer = await job.future
