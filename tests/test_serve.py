@@ -246,7 +246,7 @@ def test_malformed_requests_get_an_error_or_a_closed_connection(analog, codes):
     bad_version = bytearray(good)
     bad_version[4] = 9
     cases = {
-        "bad magic": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(30), False, "bad request magic"),
+        "bad magic": (b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(30), False, "bad request magic"),  # HTTP: test_trust.py
         "wrong version": (bytes(bad_version), False, "unsupported protocol version 9"),
         "bad frame magic": (encode_request(b"XXXX" + one[4:], Request()), False, "bad magic"),
         "truncated": (good[:len(good) // 2], True, "truncated"),
