@@ -86,9 +86,9 @@ def test_plan_errors(kwargs, match):
 
 
 @pytest.mark.parametrize("shape", [(197, 768), (768,)])
-def test_token_features_rejected(shape):
-    with pytest.raises(CodecError, match="token features .* not supported yet; pick a conv split"):
-        plan_codec(shape, ratio=4)
+def test_token_features_need_their_layout(shape):
+    with pytest.raises(CodecError, match=r"has no layout: give the split point's layout"):
+        plan_codec(shape, ratio=4)  # tokens and vectors: tests/test_layouts.py
 
 
 def test_presets_and_activation_defaults():

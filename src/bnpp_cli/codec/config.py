@@ -1,25 +1,32 @@
 """The codec's architecture as a typed config, and the planner that picks C' for a ratio.
 
-Compression is counted on real symbols: bandwidth ratio = C H W / (C' H' W');
-bit ratio = 32 C H W / (bits C' H' W'). With spatial reduction H' = ceil(H / 2) (odd sizes are
-zero-padded right / bottom by the encoder and cropped back by the decoder).
+Every feature layout (split.layouts) is coded as a conv map (C, H, W): a conv map itself, a
+channels-last map permuted, a patch-token grid as (D, Hp, Wp) with its P prefix tokens coded by a
+small code of their own (k symbols each), a token sequence as (D, T, 1) and a vector as (D, 1, 1)
+(the last two: the 1-D codec, convolving along T only). Compression is counted on real symbols:
+
+    bandwidth ratio = feature elements / (C' H' W' + P k)        bit ratio = 32 x that / bits
+
+With spatial reduction H' = ceil(H / 2) (odd sizes are zero-padded right / bottom by the encoder and
+cropped back by the decoder); the 1-D codec halves T only.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import configs
 from ..errors import CodecError, ConfigError
+from ..split.layouts import FeatureLayout, LayoutError
 from .presets import get_preset, list_presets
 
 OUTPUT_ACTIVATIONS = ("relu", "none")
 
 
 def _code_hw(h: int, w: int, spatial: bool) -> tuple[int, int]:
-    """(H', W'): ceil(H/2), ceil(W/2) with spatial reduction (odd sizes are zero-padded)."""
+    """(H', W'): ceil(H/2), ceil(W/2) with spatial reduction (odd sizes are zero-padded; W = 1 stays 1)."""
     return (math.ceil(h / 2), math.ceil(w / 2)) if spatial else (h, w)
 
 
@@ -36,6 +43,8 @@ class CodecConfig:
     output_activation: str = "relu"  # "relu" for a non-negative feature (post-ReLU), else "none"
     decoder_condition: bool = False  # feed the channel parameter to the decoder too
     encoder_blocks: int = 0  # residual blocks in the encoder (plan_codec: the preset's default)
+    layout: FeatureLayout = field(default_factory=FeatureLayout)  # how f is laid out; runs before layouts: nchw
+    prefix_code_channels: int = 0  # k, code symbols per prefix token (tokens layouts with prefix tokens only)
 
     def __post_init__(self) -> None:
         preset = get_preset(self.preset)
@@ -53,34 +62,75 @@ class CodecConfig:
             raise CodecError(f"hidden_channels {self.hidden_channels} must be >= 1")
         if int(self.encoder_blocks) != self.encoder_blocks or self.encoder_blocks < 0:
             raise CodecError(f"encoder_blocks {self.encoder_blocks} must be an integer >= 0")
+        if (self.prefix_code_channels >= 1) != (self.layout.prefix_tokens > 0) or self.prefix_code_channels < 0:
+            raise CodecError(f"prefix_code_channels {self.prefix_code_channels} must be >= 1 exactly when the "
+                             f"layout has prefix tokens ({self.layout.describe()})")
+        if self.layout.one_d and self.feature_hw[1] != 1 or self.layout.kind == "vector" and self.feature_hw[0] != 1:
+            raise CodecError(f"a {self.layout.describe()} feature is coded as a (D, T, 1) map, not "
+                             f"{self.in_channels} x {self.feature_hw[0]} x {self.feature_hw[1]}")
+        if self.spatial_reduction and not any(self.conv_axes):
+            raise CodecError("spatial reduction needs an axis to halve: a vector feature has none")
         if self.encoder_blocks and preset.default_encoder_blocks is None:
             have = [n for n in list_presets() if get_preset(n).default_encoder_blocks is not None]
             raise CodecError(f"encoder_blocks {self.encoder_blocks}: only the {', '.join(have)} preset has residual "
                              f"blocks (preset {self.preset!r} is the paper's one-conv encoder)")
 
     @property
-    def feature_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of f."""
+    def map_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the map the conv codec sees (f itself for an nchw layout)."""
         return (self.in_channels, *self.feature_hw)
 
     @property
-    def code_shape(self) -> tuple[int, int, int]:
-        """(C', H', W') of z; H' = ceil(H/2) with spatial reduction."""
-        return (self.code_channels, *_code_hw(*self.feature_hw, self.spatial_reduction))
+    def feature_shape(self) -> tuple[int, ...]:
+        """Shape of f in its own layout: (C, H, W), (H, W, C), (P + Hp Wp, D), (T, D) or (D,)."""
+        return self.layout.feature_shape(self.map_shape)
+
+    @property
+    def conv_axes(self) -> tuple[bool, bool]:
+        """Which map axes the codec convolves (and halves) along: both for maps and patch grids,
+        only T for the 1-D codec of a token sequence, none for a vector (kernels of 1 there)."""
+        if not self.layout.one_d:
+            return (True, True)
+        return (self.feature_hw[0] > 1, False)
+
+    @property
+    def map_code_shape(self) -> tuple[int, int, int]:
+        """(C', H', W') of the map's code; H' = ceil(H/2) along the halved axes."""
+        h, w = self.feature_hw
+        ah, aw = self.conv_axes
+        s = self.spatial_reduction
+        return (self.code_channels, *_code_hw(h, w, s and ah)[:1], *_code_hw(h, w, s and aw)[1:])
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """Shape of z: the map's (C', H', W'), or with prefix tokens one flat vector of
+        C' H' W' + P k symbols (the map's code, then each prefix token's k)."""
+        if not self.layout.prefix_tokens:
+            return self.map_code_shape
+        return (math.prod(self.map_code_shape) + self.layout.prefix_tokens * self.prefix_code_channels,)
 
     @property
     def code_symbols(self) -> int:
-        """Real channel symbols per image: C' H' W'."""
+        """Real channel symbols per image: C' H' W' (+ P k)."""
         return math.prod(self.code_shape)
 
     @property
     def bandwidth_ratio(self) -> float:
-        """Feature elements per channel symbol: C H W / (C' H' W')."""
+        """Feature elements per channel symbol: elements / (C' H' W' + P k)."""
         return math.prod(self.feature_shape) / self.code_symbols
 
     def bit_ratio(self, bits: int) -> float:
-        """float32 feature bits per transmitted bit: 32 C H W / (bits C' H' W')."""
+        """float32 feature bits per transmitted bit: 32 elements / (bits symbols)."""
         return 32 * self.bandwidth_ratio / bits
+
+    def prefix_config(self) -> "CodecConfig | None":
+        """The prefix tokens' own small code: each token a vector (D,) -> k symbols, same preset."""
+        if not self.layout.prefix_tokens:
+            return None
+        return CodecConfig(preset=self.preset, in_channels=self.in_channels, feature_hw=(1, 1),
+                           code_channels=self.prefix_code_channels,  # the preset's inner width for D -> k
+                           output_activation=self.output_activation, decoder_condition=self.decoder_condition,
+                           encoder_blocks=self.encoder_blocks, layout=FeatureLayout("vector"))
 
     def to_dict(self) -> dict[str, Any]:
         return configs.to_dict(self)
@@ -98,58 +148,75 @@ class CodecConfig:
             raise CodecError(str(e)) from None
 
 
-def _largest_ratio(c: int, h: int, w: int, spatial: bool) -> float:
-    """Ratio with C' = 1."""
-    return c * h * w / math.prod(_code_hw(h, w, spatial))
+def _largest_ratio(elements: int, h: int, w: int, prefix: int, spatial: bool) -> float:
+    """Ratio with C' = 1 (and k = 1)."""
+    return elements / (math.prod(_code_hw(h, w, spatial)) + prefix)
 
 
-def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
+def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None = None, ratio: float | None = None,
                code_channels: int | None = None, spatial_reduction: bool | None = None,
                preset: str = "bnpp", output_activation: str | None = None,
                feature_nonnegative: bool = True, hidden_channels: int | None = None,
                encoder_blocks: int | None = None) -> CodecConfig:
     """Choose C' (and whether to halve H, W) for a target bandwidth ratio or a given C'.
 
-    ``ratio`` R with ``spatial_reduction=None`` (auto): stride 2 with C' = round(C H W / (R H' W'))
-    (= round(4 C / R) for even H, W) when C / R < 1 (the paper's rule), or when the preset's own
-    thin-code rule says so (``CodecPreset.halves_thin_code``: bnpp, C / R < 4 on maps >= 4 x 4, where
-    the code keeps >= 2 x 2 positions and gets 4x the channels); otherwise no reduction,
-    C' = round(C / R). Measured on resnet18 / CIFAR-10 (README, issue 6): the stride-2 code won at
-    C / R = 1 and 2 and lost badly at C / R = 4 (layer1 16x). The achieved ratio is
-    ``config.bandwidth_ratio`` and may differ from R by rounding."""
+    ``layout`` is the split point's (split.layouts); None means a (C, H, W) conv map. The feature is
+    planned as its map (C, H, W) (see the module docstring). ``ratio`` R with ``spatial_reduction=None``
+    (auto): stride 2 with C' = round(C H W / (R H' W')) (= round(4 C / R) for even H, W) when C / R < 1
+    (the paper's rule), or when the preset's own thin-code rule says so (``CodecPreset.halves_thin_code``:
+    bnpp, C / R < 4 on maps >= 4 x 4, where the code keeps >= 2 x 2 positions and gets 4x the channels);
+    otherwise no reduction, C' = round(C / R). Measured on resnet18 / CIFAR-10 (README, issue 6): the
+    stride-2 code won at C / R = 1 and 2 and lost badly at C / R = 4 (layer1 16x). The 1-D codec of a
+    token sequence halves T only by the paper's rule; a vector is never halved. P prefix tokens get
+    k = round(D / R) symbols each (at least 1) and the map the rest of the budget:
+    C' = round((elements / R - P k) / (H' W')). The achieved ratio is ``config.bandwidth_ratio`` and
+    may differ from R by that rounding."""
     shape = tuple(feature_shape)
-    if len(shape) in (1, 2):
-        raise CodecError(f"feature shape {shape}: token features (N x D) are not supported yet; "
-                         f"pick a conv split point")
-    if len(shape) != 3:
-        raise CodecError(f"feature shape {shape} must be (C, H, W), without the batch dimension")
-    if any(int(d) != d or d < 1 for d in shape):
+    if any(not isinstance(d, int) and int(d) != d or d < 1 for d in shape):
         raise CodecError(f"feature shape {shape} must hold positive integers")
-    c, h, w = (int(d) for d in shape)
+    shape = tuple(int(d) for d in shape)
+    if layout is None:
+        if len(shape) != 3:
+            raise CodecError(f"feature shape {shape} has no layout: give the split point's layout "
+                             f"(tokens, vector; see `bnpp profile`), or a (C, H, W) map")
+        layout = FeatureLayout("nchw")
+    try:
+        c, h, w = layout.map_shape(shape)
+    except LayoutError as e:
+        raise CodecError(str(e)) from None
+    elements, prefix = math.prod(shape), layout.prefix_tokens
+    one_d = layout.one_d
     spec = get_preset(preset)
     if (ratio is None) == (code_channels is None):
         raise CodecError(f"give exactly one of ratio ({ratio}) and code_channels ({code_channels})")
-    if spatial_reduction and (h < 2 or w < 2):
-        raise CodecError(f"spatial reduction needs H, W >= 2; this split is {c} x {h} x {w}")
+    can_halve = h >= 2 and (one_d or w >= 2)
+    if spatial_reduction and not can_halve:
+        raise CodecError(f"spatial reduction needs H, W >= 2 (T >= 2 for tokens); this split is "
+                         f"{c} x {h} x {w} as a map ({layout.describe()})")
+
+    def code_positions(spatial: bool) -> int:
+        return math.prod(_code_hw(h, 1 if one_d else w, spatial))
 
     if code_channels is not None:
         if int(code_channels) != code_channels or code_channels < 1:
             raise CodecError(f"code_channels {code_channels} must be a positive integer")
         spatial = bool(spatial_reduction)
         c_code = int(code_channels)
+        k = max(1, round(c_code * code_positions(spatial) / (h * w))) if prefix else 0
     else:
         r = float(ratio)  # type: ignore[arg-type]
         if not (math.isfinite(r) and r > 0):
             raise CodecError(f"ratio {ratio} must be a finite number > 0")
         if spatial_reduction is None:
-            spatial = (c / r < 1 and h >= 2 and w >= 2) or spec.halves_thin_code(c, h, w, r)
+            spatial = (c / r < 1 and can_halve) or (not one_d and spec.halves_thin_code(c, h, w, r))
         else:
             spatial = spatial_reduction
-        ideal = c * h * w / (r * math.prod(_code_hw(h, w, spatial)))
+        k = max(1, round(c / r)) if prefix else 0
+        ideal = (elements / r - prefix * k) / code_positions(spatial)
         if ideal < 1:
-            raise CodecError(f"ratio {r:g} cannot be met at this split ({c} x {h} x {w}): the code "
-                             f"would need C' < 1; the largest ratio here is "
-                             f"{_largest_ratio(c, h, w, spatial):g}")
+            raise CodecError(f"ratio {r:g} cannot be met at this split ({' x '.join(map(str, shape))}, "
+                             f"{layout.describe()}): the code would need C' < 1; the largest ratio here is "
+                             f"{_largest_ratio(elements, h, 1 if one_d else w, prefix, spatial):g}")
         c_code = max(1, round(ideal))
 
     if output_activation is None:
@@ -161,4 +228,4 @@ def plan_codec(feature_shape: tuple[int, ...], *, ratio: float | None = None,
                        spatial_reduction=spatial, output_activation=output_activation,
                        decoder_condition=spec.decoder_condition,
                        hidden_channels=hidden_channels if spec.hidden_width is not None else None,
-                       encoder_blocks=blocks)
+                       encoder_blocks=blocks, layout=layout, prefix_code_channels=k)

@@ -2,16 +2,20 @@
 
 Tensor names, fixed here and used the same everywhere in bnpp:
 
-- ``f``     feature at the split point, (N, C, H, W), produced by the device half;
-- ``z``     code, (N, C', H', W'), encoder output, sigmoid-bounded to (0, 1);
+- ``f``     feature at the split point, (N, *feature) in its layout (split.layouts: (C, H, W),
+            (H, W, C), tokens (T, D), vector (D,)), produced by the device half;
+- ``z``     code, (N, C', H', W') (or (N, C' H' W' + P k) with prefix tokens), encoder output,
+            sigmoid-bounded to (0, 1);
 - ``z_hat`` received code, what the channel delivers;
-- ``f_hat`` restored feature, (N, C, H, W), fed to the edge half.
+- ``f_hat`` restored feature, same shape and layout as f, fed to the edge half.
 
 Data flow::
 
-    f --[pad to even]--+--concat[param plane]--> encoder --> z --channel(param)--> z_hat
-                                                                                     |
-    f_hat <--[crop to H, W]-- decoder <--concat[param plane, if decoder_condition]---+
+    f --layout.to_maps--> map (C, H, W) --[pad to even]--concat[param plane]--> body --> z_map --+
+                     `--> prefix tokens (P, D): each a vector --> prefix_body --> z_prefix (P k) -+--> z
+    z --channel(param)--> z_hat
+    z_hat --> map part --concat[param plane, if decoder_condition]--> body --[crop to H, W]--+
+          `-> prefix part --> prefix_body --------------------------------------------------+--> layout.from_maps --> f_hat
 
 ``param`` is the channel's native parameter (noise std sigma, or bit probability p, see
 :mod:`bnpp_cli.link.channels`), a float or an (N,) tensor, fed as one constant extra input plane
@@ -30,6 +34,8 @@ The deploy halves are thin wrappers over these.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,41 +50,67 @@ from .presets import get_preset
 
 
 class Encoder(nn.Module):
-    """f (N, C, H, W), param -> z (N, C', H', W') in (0, 1)."""
+    """f (N, *feature) in its layout, param -> z (N, *code_shape) in (0, 1)."""
 
-    def __init__(self, config: CodecConfig, body: nn.Sequential):
+    def __init__(self, config: CodecConfig, body: nn.Sequential, prefix_body: nn.Sequential | None = None):
         super().__init__()
         self.config = config
         self.body = body
+        if prefix_body is not None:  # only then: state dicts of runs without prefix tokens stay as they were
+            self.prefix_body = prefix_body
 
     def forward(self, f: Tensor, param: Param) -> Tensor:
-        if f.dim() != 4 or tuple(f.shape[1:]) != self.config.feature_shape:
+        cfg = self.config
+        if tuple(f.shape[1:]) != cfg.feature_shape:
             raise CodecError(f"feature of shape {tuple(f.shape)} does not match the codec's "
-                             f"(N, {', '.join(map(str, self.config.feature_shape))})")
-        if self.config.spatial_reduction:
-            h, w = self.config.feature_hw
-            f = F.pad(f, (0, w % 2, 0, h % 2))  # right / bottom zeros to even H, W
-        return self.body(torch.cat([f, condition_plane(param, f)], dim=1))
+                             f"(N, {', '.join(map(str, cfg.feature_shape))})")
+        m, prefix = cfg.layout.to_maps(f)
+        if cfg.spatial_reduction:
+            h, w = cfg.feature_hw
+            ah, aw = cfg.conv_axes
+            m = F.pad(m, (0, w % 2 if aw else 0, 0, h % 2 if ah else 0))  # right / bottom zeros to even sizes
+        z = self.body(torch.cat([m, condition_plane(param, m)], dim=1))
+        if prefix is None:
+            return z
+        n, p, d = prefix.shape
+        tokens = prefix.reshape(n * p, d, 1, 1)
+        z_prefix = self.prefix_body(torch.cat([tokens, condition_plane(param, tokens, p)], dim=1))
+        return torch.cat([z.flatten(1), z_prefix.reshape(n, -1)], dim=1)
 
 
 class Decoder(nn.Module):
-    """z_hat (N, C', H', W') [, param] -> f_hat (N, C, H, W)."""
+    """z_hat (N, *code_shape) [, param] -> f_hat (N, *feature) in the layout the tail expects."""
 
-    def __init__(self, config: CodecConfig, body: nn.Sequential):
+    def __init__(self, config: CodecConfig, body: nn.Sequential, prefix_body: nn.Sequential | None = None):
         super().__init__()
         self.config = config
         self.body = body
+        if prefix_body is not None:
+            self.prefix_body = prefix_body
 
     def forward(self, z_hat: Tensor, param: Param | None = None) -> Tensor:
-        if z_hat.dim() != 4 or tuple(z_hat.shape[1:]) != self.config.code_shape:
+        cfg = self.config
+        if tuple(z_hat.shape[1:]) != cfg.code_shape:
             raise CodecError(f"code of shape {tuple(z_hat.shape)} does not match the codec's "
-                             f"(N, {', '.join(map(str, self.config.code_shape))})")
-        if self.config.decoder_condition:
-            if param is None:
-                raise CodecError("this decoder is conditioned on the channel parameter: pass param")
-            z_hat = torch.cat([z_hat, condition_plane(param, z_hat)], dim=1)
-        h, w = self.config.feature_hw
-        return self.body(z_hat)[:, :, :h, :w]
+                             f"(N, {', '.join(map(str, cfg.code_shape))})")
+        if cfg.decoder_condition and param is None:
+            raise CodecError("this decoder is conditioned on the channel parameter: pass param")
+        n, p = z_hat.shape[0], cfg.layout.prefix_tokens
+        z_map, z_prefix = z_hat, None
+        if p:
+            split = math.prod(cfg.map_code_shape)
+            z_map = z_hat[:, :split].reshape(n, *cfg.map_code_shape)
+            z_prefix = z_hat[:, split:].reshape(n * p, cfg.prefix_code_channels, 1, 1)
+        if cfg.decoder_condition:
+            z_map = torch.cat([z_map, condition_plane(param, z_map)], dim=1)
+        h, w = cfg.feature_hw
+        m = self.body(z_map)[:, :, :h, :w]
+        prefix = None
+        if z_prefix is not None:
+            if cfg.decoder_condition:
+                z_prefix = torch.cat([z_prefix, condition_plane(param, z_prefix, p)], dim=1)
+            prefix = self.prefix_body(z_prefix).reshape(n, p, cfg.in_channels)
+        return cfg.layout.from_maps(m, prefix)
 
 
 class Codec(nn.Module):
@@ -87,9 +119,12 @@ class Codec(nn.Module):
     def __init__(self, config: CodecConfig):
         super().__init__()
         self.config = config
-        enc, dec = get_preset(config.preset).layers(config)
-        self.encoder = Encoder(config, enc)
-        self.decoder = Decoder(config, dec)
+        preset = get_preset(config.preset)
+        enc, dec = preset.layers(config)
+        prefix = config.prefix_config()
+        penc, pdec = preset.layers(prefix) if prefix is not None else (None, None)
+        self.encoder = Encoder(config, enc, penc)
+        self.decoder = Decoder(config, dec, pdec)
 
     def forward(self, f: Tensor, param: Param = 0.0, channel: nn.Module | None = None,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -99,7 +134,7 @@ class Codec(nn.Module):
         return {"z": z, "z_hat": z_hat, "f_hat": self.decoder(z_hat, param)}
 
     def compress(self, f: Tensor, param: Param, channel: Channel, pair_id: str) -> bytes:
-        """f (N, C, H, W) -> one wire frame of the N codes as ``channel`` sends them."""
+        """f (N, *feature) -> one wire frame of the N codes as ``channel`` sends them."""
         return encode_code(self.encoder(f, param), channel, pair_id)
 
     def receive(self, frame: bytes, param: Param, channel: Channel, pair_id: str, seed: int = 0,
@@ -110,7 +145,7 @@ class Codec(nn.Module):
 
     def decompress(self, frame: bytes, param: Param, channel: Channel, pair_id: str, seed: int = 0,
                    first_index: int = 0) -> Tensor:
-        """Wire frame -> f_hat (N, C, H, W): receive, then decode."""
+        """Wire frame -> f_hat (N, *feature): receive, then decode."""
         return self.decoder(self.receive(frame, param, channel, pair_id, seed, first_index), param)
 
 

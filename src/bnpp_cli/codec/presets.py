@@ -15,6 +15,9 @@ compares a preset's name: ``plan_codec``, ``CodecConfig`` and ``fit`` ask the pr
   ``encoder_blocks`` residual blocks at that width in the encoder, the condition plane fed to the
   decoder too; the encoder still ends in BN -> sigmoid; the decoder in a biased conv and the output
   activation. Also halves H, W for a thin code (C / ratio < 4) on a map of at least 4 x 4.
+
+Both build the same layers for every feature layout: 3 x 3 convs on maps and patch grids, 3 x 1 on
+a token sequence (the 1-D codec), 1 x 1 on a vector and on each prefix token (codec.layers ``axes``).
   Recipe: what won in benchmarks/codec_ablation.py and benchmarks/rate_accuracy.py (README).
 """
 
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 from torch import nn
 
 from ..errors import CodecError, choices_hint
-from .layers import ResidualBlock, activation, down, up
+from .layers import ResidualBlock, activation, conv3, down, up
 
 if TYPE_CHECKING:
     from .config import CodecConfig
@@ -94,25 +97,25 @@ def default_hidden_channels(in_channels: int, code_channels: int) -> int:
 
 
 def _bottlenetpp_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
-    c, k, s = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction
-    encoder = nn.Sequential(down(c + 1, k, s), nn.BatchNorm2d(k), nn.Sigmoid())
-    decoder = nn.Sequential(up(k + int(cfg.decoder_condition), c, s), nn.BatchNorm2d(c),
+    c, k, s, ax = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction, cfg.conv_axes
+    encoder = nn.Sequential(down(c + 1, k, s, ax), nn.BatchNorm2d(k), nn.Sigmoid())
+    decoder = nn.Sequential(up(k + int(cfg.decoder_condition), c, s, ax), nn.BatchNorm2d(c),
                             *activation(cfg.output_activation))
     return encoder, decoder
 
 
 def _bnpp_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
-    c, k, s = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction
+    c, k, s, ax = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction, cfg.conv_axes
     hid = cfg.hidden_channels or default_hidden_channels(c, k)
     encoder = nn.Sequential(
-        nn.Conv2d(c + 1, hid, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(hid),
+        conv3(c + 1, hid, ax, bias=False), nn.BatchNorm2d(hid),
         nn.ReLU(inplace=True),
-        *[ResidualBlock(hid) for _ in range(cfg.encoder_blocks)],
-        down(hid, k, s), nn.BatchNorm2d(k), nn.Sigmoid(),
+        *[ResidualBlock(hid, ax) for _ in range(cfg.encoder_blocks)],
+        down(hid, k, s, ax), nn.BatchNorm2d(k), nn.Sigmoid(),
     )
     decoder = nn.Sequential(
-        up(k + int(cfg.decoder_condition), hid, s), nn.BatchNorm2d(hid), nn.ReLU(inplace=True),
-        nn.Conv2d(hid, c, kernel_size=3, padding=1), *activation(cfg.output_activation),
+        up(k + int(cfg.decoder_condition), hid, s, ax), nn.BatchNorm2d(hid), nn.ReLU(inplace=True),
+        conv3(hid, c, ax), *activation(cfg.output_activation),
     )
     return encoder, decoder
 

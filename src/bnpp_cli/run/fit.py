@@ -32,7 +32,7 @@ from ..codec.config import CodecConfig, plan_codec
 from ..codec.presets import LR_SCHEDULES, get_preset
 from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset, split_train_val
-from ..errors import BnppError, CodecError, DataError, RunError
+from ..errors import BnppError, DataError, RunError
 from ..split.backbone import load_backbone
 from ..split.graph import split_model, trace_model
 from . import distributed
@@ -83,9 +83,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     input_size = backbone.input_size
     traced = trace_model(backbone.model, input_size, config.backbone.model)
     point = traced.find(config.split)
-    if len(point.shape) != 3:
-        raise CodecError(f"split point '{point.name}' has a token feature {point.shape}: only C x H x W conv "
-                         "features are supported yet", hint="pick a conv split point (see `bnpp profile`)")
+    layout = point.require_layout()  # nchw, nhwc, tokens or vector; LayoutError where the model does not settle it
     train_set = load_dataset(config.data, input_size=tuple(input_size[1:]), train=True, root=config.data_root)
     num_classes = backbone.num_classes
     check_labels(train_set, num_classes)
@@ -97,7 +95,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     if config.limit is not None:
         train_set = torch.utils.data.Subset(train_set, range(min(config.limit, len(train_set))))
     head, _ = split_model(traced, point)
-    codec_cfg = plan_codec(point.shape, ratio=config.ratio if config.code_channels is None else None,
+    codec_cfg = plan_codec(point.shape, layout=layout, ratio=config.ratio if config.code_channels is None else None,
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
                            preset=config.preset, feature_nonnegative=_nonnegative(head, train_set, backbone.data_config),
                            hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks)

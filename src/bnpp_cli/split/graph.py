@@ -3,6 +3,7 @@
     model --torch.fx trace (timm's leaf modules + autowrapped functions)--> graph of N nodes
     cut after node i is VALID when exactly one value computed at or before i is used after i
     head = nodes <= i  (x -> f)          tail = nodes > i  (f -> logits)
+    each point's feature layout (nchw, nhwc, tokens, vector) from split.layouts.detect_layout
 
 Parameters and buffers (``get_attr`` nodes) are module state, not crossing values: the half that
 uses one owns it. Extra forward arguments with defaults (a ViT's ``attn_mask=None``) are traced as
@@ -21,6 +22,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import ModelError, SplitError, choices_hint
+from .layouts import FeatureLayout, LayoutError, detect_layout
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,15 @@ class SplitPoint:
     node: str  # fx node name of the crossing value
     shape: tuple[int, ...]  # feature shape without the batch dimension
     coarse: bool  # listed by default (top-level modules and the blocks of timm's feature stages)
+    layout: FeatureLayout | None = None  # None: the model does not settle it (layout_note says why)
+    layout_note: str = ""  # how the layout was found, or why it was not
+
+    def require_layout(self) -> FeatureLayout:
+        """The feature layout; LayoutError naming the point and the reason when it is unknown."""
+        if self.layout is None:
+            raise LayoutError(f"split point '{self.name}' ({' x '.join(map(str, self.shape))}): {self.layout_note}",
+                              hint="pick a split point with a known layout (see `bnpp profile`)")
+        return self.layout
 
     @property
     def elements(self) -> int:
@@ -150,7 +161,12 @@ def trace_model(model: nn.Module, input_size: tuple[int, ...], model_name: str =
         name = owners[0] if owners else c.name
         aliases = tuple(owners[1:]) + ((c.name,) if owners and c.name not in owners else ())
         coarse = bool(owners) and any(_is_coarse(m, containers) for m in owners) and not _is_passthrough(gm, c)
-        points.append(SplitPoint(name, aliases, i, c.name, tuple(int(s) for s in meta.shape[1:]), coarse))
+        shape = tuple(int(s) for s in meta.shape[1:])
+        try:
+            layout, note = detect_layout(model, gm, c, shape, input_size, tuple(owners))
+        except LayoutError as e:
+            layout, note = None, str(e)
+        points.append(SplitPoint(name, aliases, i, c.name, shape, coarse, layout, note))
     if not points:
         raise ModelError(f"model '{model_name}' has no valid split point (no place where one tensor crosses)")
     return TracedModel(model, gm, tuple(input_size), points)
