@@ -24,15 +24,27 @@ def _spread(lo_hi, digits: int = 1) -> str:
     return f" ({lo_hi[0]:.{digits}f}-{lo_hi[1]:.{digits}f})" if lo_hi else ""
 
 
+def _layout_label(layout: dict) -> str:
+    """nchw, nhwc, tokens 8x8+1 (grid + prefix tokens), tokens (a sequence), vector, unknown."""
+    kind = layout.get("kind", "unknown")
+    if kind == "tokens":
+        grid = layout.get("grid")
+        if not grid:
+            return "tokens"
+        prefix = layout.get("prefix_tokens", 0)
+        return f"tokens {grid[0]}x{grid[1]}" + (f"+{prefix}" if prefix else "")
+    return kind
+
+
 def render_profile(p) -> None:
     shape = "x".join(map(str, p.input_size))
     console.print(f"[bold]{p.model}[/] input {shape}, weights: {p.weights}, "
                   f"{_si(p.total_macs)} MACs, {_si(p.total_params)} params, {p.latency_ms:.1f} ms{_spread(p.latency_range_ms)} "
                   f"(batch 1, here: median of {p.latency_repeats} runs after a warm-up, (min-max))")
     t = Table(title=None, header_style="bold")
-    for col in ("split point", "shape", "KiB f32", "zeros", "|f|<eps", "dev MACs", "dev params",
+    for col in ("split point", "shape", "layout", "KiB f32", "zeros", "|f|<eps", "dev MACs", "dev params",
                 "edge MACs", "edge params", "head ms (min-max)", "est ms"):
-        t.add_column(col, justify="left" if col in ("split point", "shape") else "right")
+        t.add_column(col, justify="left" if col in ("split point", "shape", "layout") else "right")
     verify = any(r.max_abs_diff is not None for r in p.split_points)
     if verify:
         t.add_column("max |diff|", justify="right")
@@ -40,7 +52,7 @@ def render_profile(p) -> None:
     for r in p.split_points:
         name = r.name + (f" (= {r.aliases[0]})" if r.aliases else "")
         mark = " *" if r.name == rec["best"] else (" ·" if r.name in rec["pareto"] else "")
-        row = [name + mark, "x".join(map(str, r.shape)), f"{r.bytes / 1024:.1f}", f"{r.zero_fraction:.1%}",
+        row = [name + mark, "x".join(map(str, r.shape)), _layout_label(r.layout), f"{r.bytes / 1024:.1f}", f"{r.zero_fraction:.1%}",
                f"{r.near_zero_fraction:.1%}", _si(r.device_macs), _si(r.device_params), _si(r.edge_macs),
                _si(r.edge_params), f"{r.latency_ms:.2f}{_spread(r.latency_range_ms, 2)}", f"{r.est_latency_ms:.1f}"]
         if verify:

@@ -68,6 +68,7 @@ class PointProfile:
     payload_bits: int  # under the budget's ratio
     est_latency_ms: float  # device + link + edge under the budget
     max_abs_diff: float | None = None  # with verify
+    layout: dict[str, Any] = field(default_factory=dict)  # split.layouts: kind, grid, prefix_tokens, source
     latency_range_ms: list[float] = field(default_factory=list)  # [min, max] of the timed runs (spread)
 
 
@@ -127,7 +128,8 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
         edge_macs = total_macs - device_macs
         payload_bits = int(round(32 * p.elements / config.budget.ratio))
         row = PointProfile(
-            name=p.name, aliases=list(p.aliases), shape=list(p.shape), elements=p.elements, bytes=4 * p.elements,
+            name=p.name, aliases=list(p.aliases), shape=list(p.shape), layout=_layout_of(p),
+            elements=p.elements, bytes=4 * p.elements,
             zero_fraction=zero, near_zero_fraction=near, device_macs=device_macs, device_params=device_params,
             edge_macs=edge_macs, edge_params=edge_params, latency_ms=head_ms,
             payload_bits=payload_bits, est_latency_ms=_estimate_ms(device_macs, payload_bits, edge_macs, config.budget),
@@ -141,6 +143,10 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
     notes = []
     if backbone.weights == "random":
         notes.append("weights are random (timm init): sparsity figures describe an untrained model")
+    unknown = [r.name for r in rows if r.layout["kind"] == "unknown"]
+    if unknown:
+        notes.append(f"feature layout unknown at {', '.join(unknown)}: bnpp will not guess it, so fit refuses "
+                     "there (--json gives the reason)")
     if source == "random":
         notes.append("sparsity measured on random normal inputs, not images: pass --data for real figures")
     return ModelProfile(
@@ -149,6 +155,13 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
         recommendation=recommend(rows, config.budget, input_size, total_macs), notes=notes,
         latency_range_ms=spread[-1], latency_repeats=config.repeats,
     )
+
+
+def _layout_of(p: SplitPoint) -> dict[str, Any]:
+    """The point's feature layout as JSON: {kind, grid, prefix_tokens, source} or {kind: unknown, reason}."""
+    if p.layout is None:
+        return {"kind": "unknown", "reason": p.layout_note}
+    return {**p.layout.to_dict(), "source": p.layout_note}
 
 
 def _estimate_ms(device_macs: int, payload_bits: float, edge_macs: int, budget: Budget) -> float:

@@ -1,0 +1,170 @@
+"""Rate-accuracy at token split points: the shared CIFAR-10 ViT, bnpp preset vs the paper-faithful one.
+
+On ../shared/models/vit_tiny_p4_d6_cifar10.safetensors (timm vit_tiny_patch16_224, img_size 32,
+patch_size 4, depth 6: features (65, 192) = one class token + an 8 x 8 patch grid) and
+../shared/data/cifar10, for an early, a middle and a late block (blocks.0, blocks.2, blocks.5), at
+16x and 64x bandwidth reduction, over AWGN (trained for PSNR >= 10 dB, evaluated at 10 and 20 dB)
+and the BEC (trained for p < 0.01, evaluated at p = 0.01, 8-bit symbols), it fits
+
+  bottlenetpp-faithful  preset bottlenetpp (the paper's codec and recipe: Adam 1e-4, batch 32, CE)
+  bnpp-best             preset bnpp (`bnpp fit` defaults)
+
+through the public API (fit_codec, evaluate_run): the tokens layout codes the patch grid as a
+(192, 8, 8) map and the class token by its own small code, both counted in the symbols. Rows: the
+achieved ratio, code symbols per image, device MACs (head + encoder), top-1 and the drop in points
+against the uncut ViT on the same test images. Budget as rate_accuracy.py --quick: the first 5,000
+training images (a tenth held out for validation), 1 epoch, the first 2,000 test images, 2 noise draws.
+
+    python benchmarks/rate_accuracy_tokens.py              # 24 fits, results saved after each
+    python benchmarks/rate_accuracy_tokens.py --splits blocks.2 --ratios 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CHECKPOINT = SHARED / "models" / "vit_tiny_p4_d6_cifar10.safetensors"
+DATA = SHARED / "data" / "cifar10"
+MODEL_KWARGS = {"patch_size": 4, "depth": 6}
+# the checkpoint was trained with ImageNet mean / std (its metadata and README), but timm's data config
+# for vit_tiny_patch16_224 says 0.5 / 0.5 (31 % top-1 instead of 60 %): timm's own way to correct a
+# model's data config is pretrained_cfg_overlay, a create_model kwarg (not expressible as --model-kwargs)
+CFG_OVERLAY = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def encoder_macs(run) -> int:
+    """MACs of a fitted run's encoder for one image (it runs on the device, after the head)."""
+    from bnpp_cli.split.macs import count_macs
+
+    encoder = run.pipeline.codec.encoder.eval()
+
+    class OneInput(torch.nn.Module):
+        def forward(self, f):
+            return encoder(f, 0.0)
+
+    return count_macs(OneInput(), torch.zeros(1, *run.config.feature_shape))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results folder")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--splits", default="blocks.0,blocks.2,blocks.5", help="early, middle, late block")
+    ap.add_argument("--ratios", default="64,16", help="bandwidth ratios (64 first: the headline rows)")
+    ap.add_argument("--channels", default="awgn,bec")
+    ap.add_argument("--methods", default="best,faithful")
+    ap.add_argument("--train-limit", type=int, default=5000)
+    ap.add_argument("--test-limit", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--name", default="rate_accuracy_tokens", help="results file stem")
+    args = ap.parse_args()
+    if not CHECKPOINT.is_file() or not (DATA / "test.npz").is_file():
+        print(f"needs {CHECKPOINT} and {DATA}: not present, nothing to do", file=sys.stderr)
+        return 2
+    from bnpp_cli.data.batching import BatchTransform, make_loader
+    from bnpp_cli.data.datasets import load_dataset
+    from bnpp_cli.link.config import ChannelConfig
+    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+    from bnpp_cli.run.fit import FitConfig, fit_codec
+    from bnpp_cli.run.pipeline import load_run
+    from bnpp_cli.run.rundir import RunDir
+    from bnpp_cli.split.backbone import BackboneConfig, load_backbone
+    from bnpp_cli.split.graph import trace_model
+    from bnpp_cli.split.macs import node_macs
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = out / "runs" / args.name
+    t_start, code_commit = time.perf_counter(), commit()
+    command = "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute()
+                                    else sys.argv[0], *sys.argv[1:]])
+    bb = BackboneConfig("vit_tiny_patch16_224", checkpoint=str(CHECKPOINT), num_classes=10, img_size=32,
+                        model_kwargs={**MODEL_KWARGS, "pretrained_cfg_overlay": CFG_OVERLAY})
+    backbone = load_backbone(bb)
+    traced = trace_model(backbone.model, backbone.input_size, bb.model)
+    per_node = node_macs(traced.graph_module, torch.zeros(1, *backbone.input_size))
+    order = [n.name for n in traced.graph_module.graph.nodes]
+    test = torch.utils.data.Subset(load_dataset(str(DATA / "test.npz"), input_size=(32, 32), train=False),
+                                   range(args.test_limit))
+    dc = backbone.data_config
+    tf = BatchTransform(dc["mean"], dc["std"], augment=False)
+    with torch.no_grad():
+        hits = sum(int((backbone.model(tf(x)).argmax(1) == y).sum()) for x, y in make_loader(test, 500, shuffle=False, seed=0))
+    backbone_top1 = hits / len(test)
+    rows: list[dict] = []
+
+    def save(final: bool = False) -> None:
+        result = {"command": command, "commit": code_commit, "machine": machine(), "seeds": [args.seed],
+                  "model": bb.model, "model_kwargs": MODEL_KWARGS, "pretrained_cfg_overlay": CFG_OVERLAY, "checkpoint": str(CHECKPOINT.name),
+                  "backbone_top1": backbone_top1, "test_images": len(test), "train_limit": args.train_limit,
+                  "epochs": args.epochs, "draws": 2, "complete": final,
+                  "wall_seconds": time.perf_counter() - t_start, "rows": rows}
+        (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"uncut ViT top-1 on {len(test)} test images: {100 * backbone_top1:.2f} %", flush=True)
+    for ratio in (float(r) for r in args.ratios.split(",")):
+        for channel in args.channels.split(","):
+            train_cond, eval_conds = (10.0, [10.0, 20.0]) if channel == "awgn" else (0.01, [0.01])
+            for split in args.splits.split(","):
+                point = traced.find(split)
+                head_macs = sum(per_node.get(n, 0) for n in order[: order.index(point.node) + 1])
+                for method in args.methods.split(","):
+                    name = f"{split}-{int(ratio)}x-{channel}-{method}"
+                    cfg = FitConfig(backbone=bb, split=split, data=str(DATA / "train.npz"), out=str(runs / name),
+                                    channel=ChannelConfig(channel, train_cond), ratio=ratio,
+                                    preset="bottlenetpp" if method == "faithful" else "bnpp",
+                                    codec_epochs=args.epochs, limit=args.train_limit, device=args.device,
+                                    seed=args.seed)
+                    if not RunDir(runs / name).finished:
+                        fit_codec(cfg)
+                    run = load_run(runs / name)
+                    seconds = RunDir(runs / name).read_metrics()["seconds"]
+                    enc = encoder_macs(run)
+                    ev = evaluate_run(EvalConfig(run=str(runs / name), data=str(DATA / "test.npz"),
+                                                 conditions=eval_conds, draws=2, limit=args.test_limit,
+                                                 device=args.device, seed=args.seed), run=run)
+                    bits = 8 if channel == "bec" else 32
+                    for r in [{"condition": {"noiseless": True}, "top1_mean": ev.noiseless_top1}, *ev.results]:
+                        rows.append({
+                            "method": "bottlenetpp-faithful" if method == "faithful" else "bnpp-best",
+                            "split": split, "point": point.name, "layout": run.codec_config.layout.describe(),
+                            "asked_ratio": ratio, "ratio": ev.bandwidth_ratio, "code_shape": ev.code_shape,
+                            "symbols": ev.code_symbols, "payload_bits": bits * ev.code_symbols, "channel": channel,
+                            "condition": r["condition"], "top1": r["top1_mean"],
+                            "drop": 100 * (ev.backbone_top1 - r["top1_mean"]), "device_macs": head_macs + enc,
+                            "encoder_macs": enc, "fit_seconds": seconds})
+                        print(f"{rows[-1]['method']:21s} {split:9s} {ev.bandwidth_ratio:6.2f}x {ev.code_symbols:5d} sym "
+                              f"{channel:4s} {json.dumps(r['condition']):22s} top-1 {100 * r['top1_mean']:6.2f} "
+                              f"drop {rows[-1]['drop']:6.2f}", flush=True)
+                    save()
+    save(final=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
