@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bnpp_cli.link.channels import create_channel
-from bnpp_cli.codec.presets import default_hidden_channels, list_presets
+from bnpp_cli.codec.presets import default_hidden_channels, get_preset, list_presets
 from bnpp_cli.codec.model import Codec, build_codec
 from bnpp_cli.codec.config import CodecConfig, plan_codec
 from bnpp_cli.errors import CodecError
@@ -92,7 +92,7 @@ def test_token_features_need_their_layout(shape):
 
 
 def test_presets_and_activation_defaults():
-    assert set(list_presets()) == {"bottlenetpp", "bnpp"}
+    assert set(list_presets()) == {"bottlenetpp", "bnpp", "entropy"}
     cfg = plan_codec((64, 8, 8), ratio=8)
     assert cfg.preset == "bnpp" and cfg.decoder_condition
     assert cfg.hidden_channels == default_hidden_channels(64, 8) == 64 and cfg.encoder_blocks == 1
@@ -121,7 +121,7 @@ def test_encoder_blocks_are_residual_and_validated():
                                   spatial_reduction=False)).encoder.body[3].kernel_size == (3, 3)
     with pytest.raises(CodecError, match="encoder_blocks -1 must be an integer >= 0"):
         plan_codec((128, 4, 4), ratio=64, encoder_blocks=-1)
-    with pytest.raises(CodecError, match="only the bnpp preset"):
+    with pytest.raises(CodecError, match="only the bnpp"):
         plan_codec((128, 4, 4), ratio=64, encoder_blocks=1, preset="bottlenetpp")
     old = {k: v for k, v in cfg.to_dict().items() if k != "encoder_blocks"}  # a config from before the field
     assert CodecConfig.from_dict(old).encoder_blocks == 0
@@ -152,7 +152,10 @@ def test_shapes_restore(preset, shape, spatial):
     f = feature((3, *shape))
     z = codec.encoder(f, 0.1)
     assert z.shape == (3, *cfg.code_shape)
-    assert z.min() > 0 and z.max() < 1  # sigmoid-bounded code
+    if get_preset(preset).entropy_coded:
+        assert torch.equal(z, z.round())  # an integer code for the entropy coder
+    else:
+        assert z.min() > 0 and z.max() < 1  # sigmoid-bounded code
     f_hat = codec.decoder(z, 0.1)
     assert f_hat.shape == f.shape
     assert f_hat.min() >= 0  # ReLU output for a non-negative feature

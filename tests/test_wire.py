@@ -168,13 +168,17 @@ def test_wrong_magic():
 
 def test_unsupported_version():
     buf = _frame()
-    buf[4] = 2
-    with pytest.raises(WireError, match="unsupported format version 2"):
+    buf[4] = 3
+    with pytest.raises(WireError, match="unsupported format version 3"):
+        decode(buf)
+    buf[4] = 2  # version 2 is for entropy frames only
+    with pytest.raises(WireError, match="kind digital in a version-2 frame"):
         decode(buf)
 
 
 @pytest.mark.parametrize("offset, value, message", [
-    (5, 2, "bad kind 2"),
+    (5, 3, "bad kind 3"),
+    (5, 2, "kind entropy in a version-1 frame"),
     (6, 0, "bad bits per level 0"),
     (6, 17, "bad bits per level 17"),
     (7, 0, "bad ndim 0"),

@@ -97,7 +97,10 @@ def fit(
     bits: Annotated[int, typer.Option(help="Digital channels: bits per symbol.")] = 8,
     ratio: Annotated[Optional[float], typer.Option(help="Bandwidth reduction C*H*W/(C'*H'*W').")] = 64.0,
     code_channels: Annotated[Optional[int], typer.Option(help="C' directly (overrides --ratio).")] = None,
-    preset: Annotated[str, typer.Option(help="Codec preset: bnpp (default) or bottlenetpp (the paper's).")] = "bnpp",
+    preset: Annotated[str, typer.Option(help="Codec preset: bnpp (default), bottlenetpp (the paper's), or entropy "
+                                             "(an entropy-coded digital code, with --channel none).")] = "bnpp",
+    lmbda: Annotated[Optional[float], typer.Option(
+        help="Entropy preset: rate weight, loss += lmbda x bits per image [preset's].")] = None,
     hidden_channels: Annotated[Optional[int], typer.Option(help="bnpp preset: width of its extra layers.")] = None,
     encoder_blocks: Annotated[Optional[int], typer.Option(
         help="bnpp preset: residual blocks in the encoder (device side) [1].")] = None,
@@ -157,7 +160,7 @@ def fit(
         hidden_channels=hidden_channels, encoder_blocks=encoder_blocks, spatial_reduction=spatial_reduction,
         val_data=val_data, val_fraction=val_fraction, data_root=data_root, limit=limit, codec_epochs=codec_epochs,
         joint_epochs=joint_epochs, lr=lr, joint_lr=joint_lr, lr_schedule=lr_schedule, batch_size=batch_size,
-        distill=distill, distill_temperature=distill_temperature, augment=augment, device=device, seed=seed,
+        distill=distill, distill_temperature=distill_temperature, lmbda=lmbda, augment=augment, device=device, seed=seed,
         resume=resume, overwrite=overwrite, checkpoint_steps=checkpoint_steps,
         checkpoint_minutes=checkpoint_minutes or None,
     )

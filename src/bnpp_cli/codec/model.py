@@ -45,6 +45,7 @@ from ..link.channels import Channel
 from ..link.receiver import simulate
 from ..link.transmit import decode_code, encode_code
 from .config import CodecConfig
+from .entropy import decode_entropy_frame, encode_entropy_frame, find_tables
 from .layers import Param, condition_plane
 from .presets import get_preset
 
@@ -134,12 +135,17 @@ class Codec(nn.Module):
         return {"z": z, "z_hat": z_hat, "f_hat": self.decoder(z_hat, param)}
 
     def compress(self, f: Tensor, param: Param, channel: Channel, pair_id: str) -> bytes:
-        """f (N, *feature) -> one wire frame of the N codes as ``channel`` sends them."""
+        """f (N, *feature) -> one wire frame of the N codes as ``channel`` sends them (an entropy
+        code: one range-coded stream per image, codec.entropy)."""
+        if find_tables(self.encoder) is not None:
+            return encode_entropy_frame(self.encoder(f, param), self.encoder, pair_id)
         return encode_code(self.encoder(f, param), channel, pair_id)
 
     def receive(self, frame: bytes, param: Param, channel: Channel, pair_id: str, seed: int = 0,
                 first_index: int = 0) -> Tensor:
         """Wire frame -> z_hat: the code as received over the simulated air interface."""
+        if find_tables(self.decoder) is not None:
+            return decode_entropy_frame(frame, self.decoder, pair_id, self.config.code_shape)
         z = decode_code(frame, channel, pair_id, self.config.code_shape)
         return simulate(channel, z, param, seed, first_index)
 

@@ -19,16 +19,21 @@ compares a preset's name: ``plan_codec``, ``CodecConfig`` and ``fit`` ask the pr
 Both build the same layers for every feature layout: 3 x 3 convs on maps and patch grids, 3 x 1 on
 a token sequence (the 1-D codec), 1 x 1 on a vector and on each prefix token (codec.layers ``axes``).
   Recipe: what won in benchmarks/codec_ablation.py and benchmarks/rate_accuracy.py (README).
+- ``entropy``: the bnpp layers with the encoder's sigmoid replaced by a factorized prior (an integer
+  code, its rate trained with `--lmbda`, range-coded: codec.entropy) and the decoder first holding
+  the prior's integer tables. Coded over an error-free link (channel ``none``; a channel code at
+  capacity is link.capacity's). Layouts without prefix tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
 from ..errors import CodecError, choices_hint
+from .entropy import FactorizedPrior, SymbolTables
 from .layers import ResidualBlock, activation, conv3, down, up
 
 if TYPE_CHECKING:
@@ -46,6 +51,7 @@ class Recipe:
     distill: float  # weight of T^2 KL(uncut model || pipeline)
     distill_temperature: float  # softmax temperature T of that KL
     lr_schedule: str  # "cosine" (per step to 0 over each phase) or "constant"
+    lmbda: float = 0.0  # rate weight (entropy-coded presets only): loss += lmbda x bits per image
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class CodecPreset:
     decoder_condition: bool  # the decoder also sees the channel parameter
     hidden_width: Callable[[int, int], int] | None  # (C, C') -> inner width; None: no inner layer
     default_encoder_blocks: int | None  # residual blocks in the encoder; None: the preset has none
+    entropy_coded: bool = False  # integer code with a learned prior and a real coder (codec.entropy)
 
     def halves_thin_code(self, c: int, h: int, w: int, ratio: float) -> bool:
         """The preset's own stride-2 rule, beyond the paper's C / ratio < 1."""
@@ -135,4 +142,22 @@ BNPP = register_preset(CodecPreset(
     thin_code_channels=4,
     decoder_condition=True, hidden_width=default_hidden_channels,
     default_encoder_blocks=1,  # one residual block: -0.65 points of drop at layer2 64x (ablation)
+))
+
+
+def _entropy_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
+    if cfg.layout.prefix_tokens or cfg.prefix_code_channels:
+        raise CodecError(f"the entropy preset codes maps, sequences and vectors; not a layout with prefix "
+                         f"tokens ({cfg.layout.describe()})")
+    encoder, decoder = _bnpp_layers(cfg)
+    k = cfg.code_channels
+    return (nn.Sequential(*list(encoder)[:-1], FactorizedPrior(k)),  # BN -> prior instead of BN -> sigmoid
+            nn.Sequential(SymbolTables(k), *decoder))
+
+
+ENTROPY = register_preset(CodecPreset(
+    name="entropy", layers=_entropy_layers,
+    recipe=replace(BNPP.recipe, lmbda=0.01),  # the bnpp recipe and a rate weight: see LMBDA_NOTE
+    thin_code_channels=BNPP.thin_code_channels, decoder_condition=True, hidden_width=default_hidden_channels,
+    default_encoder_blocks=BNPP.default_encoder_blocks, entropy_coded=True,
 ))

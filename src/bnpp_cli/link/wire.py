@@ -1,14 +1,16 @@
 """Wire format: the bytes that carry the code ``z`` from the device half to the edge half.
 
 Device and edge may run in different processes on different machines, so each transmitted code
-is one self-describing *frame*. Format version 1, all integers little-endian::
+is one self-describing *frame*. Format version 1 (analog and digital frames; version 2 is the same
+header for entropy-coded frames), all integers little-endian::
 
     offset      size     field
     0           4        magic b"BNPP"
-    4           1        format version (1)
-    5           1        kind: 0 = analog symbols, 1 = digital levels
+    4           1        format version (1; 2 for kind 2)
+    5           1        kind: 0 = analog symbols, 1 = digital levels, 2 = entropy-coded streams
     6           1        analog: dtype code (0 = float32, 1 = float16);
-                         digital: bits per level n (1..16)
+                         digital: bits per level n (1..16); entropy: coder id (1 = range coder,
+                         16-bit integer tables, codec.entropy)
     7           1        ndim (1..8)
     8           16       pair id: 16 raw bytes (the export's 32-char lowercase hex id)
     24          4*ndim   shape, uint32 each, at most 2^28 elements in all
@@ -23,9 +25,14 @@ Header length is ``header_length(ndim) = 32 + 4 ndim`` bytes (36 to 64). Payload
 - digital (kind 1): the levels q = round((2^n - 1) z) in C order, each written as n bits, most
   significant bit first, concatenated into one bitstream and zero-padded to a whole byte;
   ``ceil(numel * n / 8)`` bytes. Readers ignore the padding bits. The reader returns int64.
+- entropy (kind 2, version 2): one bitstream per image (shape[0] of them), each preceded by its
+  length in bytes as an unsigned LEB128 varint (1 byte below 128); the streams are the coder's
+  (codec.entropy), which this module does not interpret: ``decode_streams`` returns them. A
+  version-1 reader refuses these frames by version; this reader reads both versions.
 
 The payload length is redundant with shape and dtype / bits; a reader rejects a frame where they
-disagree, before it reads the payload. Readers reject anything else too: a frame is exactly
+disagree (entropy frames: a length outside [N, N (2 numel / N + 13)], the most a 16-bit-table stream
+can take), before it reads the payload. Readers reject anything else too: a frame is exactly
 header + payload bytes, the CRC must match, and a reader that knows its pair id (the edge half of
 an export) rejects frames from another export.
 
@@ -53,13 +60,15 @@ from ..errors import WireError
 Buffer = Union[bytes, bytearray, memoryview]
 
 MAGIC = b"BNPP"
-VERSION = 1
+VERSION = 1  # written for analog and digital frames, so version-1 readers still read them
+ENTROPY_VERSION = 2  # written for entropy-coded frames
+CODERS = {1: "range16"}  # entropy coder ids: constriction's range coder with 2^16 integer tables
 MIN_HEADER = 24  # the fixed prefix: magic .. pair id; ndim in it gives the full header length
 MAX_NDIM = 8  # (N, C', H', W') needs 4; room for video or token layouts
 MAX_ELEMENTS = 2**28  # 1 GiB of float32: bounds what a reader allocates for a hostile header
 BITS_RANGE = (1, 16)  # as in channels.BITS_RANGE: 16-bit levels are still exact in float32
 
-KINDS = ("analog", "digital")  # index = kind code
+KINDS = ("analog", "digital", "entropy")  # index = kind code
 DTYPES = {"float32": "<f4", "float16": "<f2"}  # insertion order = dtype code
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _PREFIX = struct.Struct("<4sBBBB16s")
@@ -80,8 +89,8 @@ class Frame:
     kind: str  # "analog" | "digital"
     shape: tuple[int, ...]
     pair_id: str  # 32 lowercase hex chars
-    dtype: str | None  # "float32" | "float16" on analog frames, None on digital ones
-    bits: int | None  # bits per level on digital frames, None on analog ones
+    dtype: str | None  # "float32" | "float16" on analog frames, None on the others
+    bits: int | None  # bits per level on digital frames, None on the others
     payload: bytes
 
     @property
@@ -177,9 +186,11 @@ def unpack_bits(data: Buffer, bits: int, count: int) -> Tensor:
 
 def _frame_bytes(frame: Frame) -> bytes:
     ndim = len(frame.shape)
-    code = list(DTYPES).index(frame.dtype) if frame.kind == "analog" else frame.bits
+    code = {"analog": lambda: list(DTYPES).index(frame.dtype), "digital": lambda: frame.bits,
+            "entropy": lambda: 1}[frame.kind]()
+    version = ENTROPY_VERSION if frame.kind == "entropy" else VERSION
     return b"".join((
-        _PREFIX.pack(MAGIC, VERSION, KINDS.index(frame.kind), code, ndim,
+        _PREFIX.pack(MAGIC, version, KINDS.index(frame.kind), code, ndim,
                      bytes.fromhex(frame.pair_id)),
         struct.pack(f"<{ndim}I", *frame.shape),
         _TAIL.pack(len(frame.payload), zlib.crc32(frame.payload)),
@@ -209,6 +220,58 @@ def encode_digital(levels: Tensor, bits: int, pair_id: str) -> bytes:
     return _frame_bytes(Frame("digital", shape, pair_id, None, bits, payload))
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _entropy_bound(shape: Sequence[int]) -> tuple[int, int]:
+    """(fewest, most) payload bytes of an entropy frame of this shape."""
+    n = shape[0]
+    per_image = math.prod(shape[1:])
+    return n, n * (2 * per_image + 13)  # <= 16 bits a symbol, 8 bytes of coder flush, a 5-byte varint
+
+
+def encode_streams(streams: Sequence[bytes], shape: Sequence[int], pair_id: str) -> bytes:
+    """One version-2 frame carrying one entropy-coded stream per image of a code of ``shape``."""
+    _check_pair_id(pair_id)
+    shape = tuple(shape)
+    _check_shape(shape)
+    if len(streams) != shape[0]:
+        raise WireError(f"{len(streams)} streams for a frame of {shape[0]} codes")
+    payload = b"".join(_varint(len(s)) + bytes(s) for s in streams)
+    lo, hi = _entropy_bound(shape)
+    if not lo <= len(payload) <= hi:
+        raise WireError(f"entropy payload of {len(payload)} bytes is outside [{lo}, {hi}] for shape {shape}")
+    return _frame_bytes(Frame("entropy", shape, pair_id, None, None, payload))
+
+
+def _split_streams(payload: bytes, n: int) -> list[bytes]:
+    streams, pos = [], 0
+    for i in range(n):
+        length, shift = 0, 0
+        while True:
+            if pos >= len(payload) or shift > 28:
+                raise WireError(f"entropy payload ends inside the length of stream {i} of {n}")
+            byte = payload[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if pos + length > len(payload):
+            raise WireError(f"stream {i} of {n} needs {length} bytes, {len(payload) - pos} are left")
+        streams.append(payload[pos:pos + length])
+        pos += length
+    if pos != len(payload):
+        raise WireError(f"{len(payload) - pos} bytes after the last of {n} streams")
+    return streams
+
+
 def _parse_header(mv: memoryview) -> tuple[Frame, int, int | None, int | None]:
     """Validates the header in ``mv``: (frame without payload, header_len, total_len, crc).
 
@@ -220,12 +283,18 @@ def _parse_header(mv: memoryview) -> tuple[Frame, int, int | None, int | None]:
     magic, version, kind, code, ndim, pair = _PREFIX.unpack_from(mv)
     if magic != MAGIC:
         raise WireError(f"bad magic {magic!r} (expected {MAGIC!r})")
-    if version != VERSION:
-        raise WireError(f"unsupported format version {version} (this reader knows {VERSION})")
+    if version not in (VERSION, ENTROPY_VERSION):
+        raise WireError(f"unsupported format version {version} (this reader knows {VERSION} and {ENTROPY_VERSION})")
     if kind >= len(KINDS):
-        raise WireError(f"bad kind {kind} (expected 0 = analog or 1 = digital)")
+        raise WireError(f"bad kind {kind} (expected 0 = analog, 1 = digital or 2 = entropy)")
+    if (KINDS[kind] == "entropy") != (version == ENTROPY_VERSION):
+        raise WireError(f"kind {KINDS[kind]} in a version-{version} frame (entropy frames are version "
+                        f"{ENTROPY_VERSION}, the others {VERSION})")
     dtype = bits = None
-    if KINDS[kind] == "analog":
+    if KINDS[kind] == "entropy":
+        if code not in CODERS:
+            raise WireError(f"unknown entropy coder id {code} (this reader knows {', '.join(map(str, CODERS))})")
+    elif KINDS[kind] == "analog":
         if code >= len(DTYPES):
             raise WireError(f"bad dtype code {code} (expected 0 = float32 or 1 = float16)")
         dtype = list(DTYPES)[code]
@@ -242,6 +311,12 @@ def _parse_header(mv: memoryview) -> tuple[Frame, int, int | None, int | None]:
     shape = struct.unpack_from(f"<{ndim}I", mv, MIN_HEADER)
     _check_shape(shape)
     length, crc = _TAIL.unpack_from(mv, MIN_HEADER + 4 * ndim)
+    if KINDS[kind] == "entropy":
+        lo, hi = _entropy_bound(shape)
+        if not lo <= length <= hi:
+            raise WireError(f"entropy payload length {length} is outside [{lo}, {hi}] for shape {shape}")
+        frame = Frame("entropy", shape, pair.hex(), None, None, b"")
+        return frame, header_len, header_len + length, crc
     expected = payload_size(shape, bits=bits, dtype=dtype or "float32")  # dtype unused if bits
     if length != expected:
         where = f"{bits} bits" if bits is not None else dtype
@@ -269,8 +344,8 @@ def leading_dim(buf: Buffer) -> int:
     return frame.shape[0]
 
 
-def decode(buf: Buffer, expected_pair_id: str | None = None) -> tuple[Frame, Tensor]:
-    """One whole frame -> (Frame, tensor): float32 symbols (analog) or int64 levels (digital)."""
+def _checked_frame(buf: Buffer, expected_pair_id: str | None) -> Frame:
+    """One whole frame, header, length, CRC and pair id checked, with its payload."""
     if expected_pair_id is not None:
         _check_pair_id(expected_pair_id)
     mv = memoryview(buf).cast("B")
@@ -290,8 +365,24 @@ def decode(buf: Buffer, expected_pair_id: str | None = None) -> tuple[Frame, Ten
     if expected_pair_id is not None and head.pair_id != expected_pair_id:
         raise WireError(f"pair id {head.pair_id} does not match this edge half "
                         f"({expected_pair_id})")
-    frame = replace(head, payload=payload)
+    return replace(head, payload=payload)
+
+
+def decode_streams(buf: Buffer, expected_pair_id: str | None = None) -> tuple[Frame, list[bytes]]:
+    """One whole entropy frame -> (Frame, one stream per image); WireError for any other kind."""
+    frame = _checked_frame(buf, expected_pair_id)
+    if frame.kind != "entropy":
+        raise WireError(f"frame holds {frame.kind} data, not entropy-coded streams")
+    return frame, _split_streams(frame.payload, frame.shape[0])
+
+
+def decode(buf: Buffer, expected_pair_id: str | None = None) -> tuple[Frame, Tensor]:
+    """One whole frame -> (Frame, tensor): float32 symbols (analog) or int64 levels (digital)."""
+    frame = _checked_frame(buf, expected_pair_id)
+    if frame.kind == "entropy":
+        raise WireError("frame holds entropy-coded streams: this edge expects a fixed-length code "
+                        "(an entropy code's edge decodes them with its tables)")
     if frame.kind == "digital":
-        return frame, unpack_bits(payload, frame.bits, math.prod(frame.shape)).reshape(frame.shape)
-    values = np.frombuffer(payload, dtype=DTYPES[frame.dtype]).astype(np.float32)
+        return frame, unpack_bits(frame.payload, frame.bits, math.prod(frame.shape)).reshape(frame.shape)
+    values = np.frombuffer(frame.payload, dtype=DTYPES[frame.dtype]).astype(np.float32)
     return frame, torch.from_numpy(values).reshape(frame.shape)

@@ -48,6 +48,7 @@ class FitConfig:
     batch_size: int | None = None  # per process; None: the preset's recipe
     distill: float | None = None  # weight of KL(uncut model || pipeline); None: the preset's recipe
     distill_temperature: float | None = None  # softmax temperature T of that KL (scaled by T^2); None: recipe
+    lmbda: float | None = None  # entropy preset: rate weight, loss += lmbda x bits per image; None: the recipe
     augment: bool = True  # random crop + flip: the CIFAR convention, and what timm's train.py does
     device: str = "cpu"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU

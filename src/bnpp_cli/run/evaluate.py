@@ -8,7 +8,11 @@ Reported, on the test images given (no augmentation, no rescaling of images alre
 - results: top-1 at each FIXED channel condition, over several independent noise draws (mean and
   standard deviation), each draw seeded so that the figures are reproducible;
 - bandwidth_ratio = C H W / (C' H' W') and, for digital channels, bit_ratio = 32 C H W / (bits C' H' W'),
-  with the feature and code shapes they come from.
+  with the feature and code shapes they come from;
+- for every digital code (fixed-length levels, or the entropy preset's streams): bits_per_image and
+  bytes_per_image, means of the payload MEASURED from the real wire frame of each image coded alone
+  (batch 1), frame_bytes_per_image with the header, the prior's estimate beside it (entropy code),
+  and the coder's time per image on each side (the network excluded).
 
 The head runs once over the test set; each condition re-runs only encoder, channel, decoder, tail.
 """
@@ -25,7 +29,10 @@ import torch
 from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset
 from ..errors import BnppError, ChannelError, DataError
+from ..codec.entropy import decode_entropy_frame, encode_entropy_frame, find_prior, find_tables
+from ..link import wire
 from ..link.config import select_condition
+from ..link.transmit import decode_code, encode_code
 from .pipeline import Run, load_run
 from .rundir import RunDir
 
@@ -65,6 +72,12 @@ class EvalResult:
     backbone_top1: float
     noiseless_top1: float
     results: list[dict[str, Any]] = field(default_factory=list)
+    bits_per_image: float | None = None  # digital codes: 8 x the measured payload bytes, mean, batch 1
+    bytes_per_image: float | None = None  # the same in bytes (the coded streams / packed levels)
+    frame_bytes_per_image: float | None = None  # the whole batch-1 frame, header included
+    estimated_bits_per_image: float | None = None  # entropy code: the prior's -log2 likelihood, mean
+    encode_ms_per_image: float | None = None  # coder time, device side (quantised code -> frame)
+    decode_ms_per_image: float | None = None  # coder time, edge side (frame -> code)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +142,7 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
         results.append({"condition": {channel.condition_name: cond}, "label": channel.format_condition(cond),
                         "top1_mean": statistics.fmean(accs),
                         "top1_std": statistics.pstdev(accs) if draws > 1 else 0.0, "draws": draws, "top1": accs})
+    stream = measure_bitstream(pipeline, features) if channel.digital or find_tables(pipeline.codec) else {}
     codec = run.codec_config
     bits = channel.bits if channel.digital else None
     code_symbols = int(torch.Size(codec.code_shape).numel())
@@ -140,8 +154,50 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
         code_shape=list(codec.code_shape), bandwidth_ratio=codec.bandwidth_ratio,
         bit_ratio=codec.bit_ratio(bits) if bits else None, bits=bits, code_symbols=code_symbols,
         payload_bytes=(code_symbols * bits + 7) // 8 if bits else None, images=len(y_all),
-        backbone_top1=backbone_hits / len(y_all), noiseless_top1=top1(0.0, None), results=results,
+        backbone_top1=backbone_hits / len(y_all), noiseless_top1=top1(0.0, None), results=results, **stream,
     )
+
+
+MEASURE_PAIR_ID = "0" * 32  # the frame's size does not depend on the pair id
+
+
+@torch.no_grad()
+def measure_bitstream(pipeline, features: list[torch.Tensor]) -> dict[str, float | None]:
+    """Each image's code as its own wire frame (batch 1), decoded back: sizes, estimate and coder time.
+
+    The encoder runs batched (eval mode: the same code); coding and decoding run one image at a time."""
+    import time
+
+    codec, channel = pipeline.codec, pipeline.channel
+    prior = find_prior(codec)
+    payload = frame_bytes = estimate = enc_s = dec_s = 0.0
+    n = 0
+    for f in features:
+        z = codec.encoder(f, 0.0).cpu()
+        if prior is not None:
+            estimate += float(prior.bits().sum())
+        for i in range(z.shape[0]):
+            t0 = time.perf_counter()
+            if prior is not None:
+                buf = encode_entropy_frame(z[i:i + 1], codec.encoder, MEASURE_PAIR_ID)
+            else:
+                buf = encode_code(z[i:i + 1], channel, MEASURE_PAIR_ID)
+            t1 = time.perf_counter()
+            if prior is not None:
+                back = decode_entropy_frame(buf, codec.decoder, MEASURE_PAIR_ID, codec.config.code_shape)
+                payload += sum(len(s) for s in wire.decode_streams(buf)[1])
+            else:
+                back = decode_code(buf, channel, MEASURE_PAIR_ID, codec.config.code_shape)
+                payload += wire.decode(buf)[0].payload_bytes
+            dec_s += time.perf_counter() - t1
+            enc_s += t1 - t0
+            if prior is not None and not torch.equal(back, z[i:i + 1]):
+                raise BnppError(f"image {n}: the entropy code does not decode to what was coded")
+            frame_bytes += len(buf)
+            n += 1
+    return {"bits_per_image": 8 * payload / n, "bytes_per_image": payload / n, "frame_bytes_per_image": frame_bytes / n,
+            "estimated_bits_per_image": estimate / n if prior is not None else None,
+            "encode_ms_per_image": 1e3 * enc_s / n, "decode_ms_per_image": 1e3 * dec_s / n}
 
 
 def _conditions(channel, requested: Sequence[float] | None) -> list[float]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..codec.config import CodecConfig, plan_codec
+from ..codec.entropy import update_tables
 from ..codec.presets import LR_SCHEDULES, get_preset
 from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset, split_train_val
@@ -45,7 +46,7 @@ from .rundir import CONFIG_FILE, RunDir
 def resolve_recipe(config: FitConfig) -> FitConfig:
     """Fill the fields left None from the preset's recipe (explicit values always win)."""
     recipe = get_preset(config.preset).recipe
-    fill = {k: getattr(recipe, k) for k in ("lr", "batch_size", "distill", "distill_temperature", "lr_schedule")}
+    fill = {k: getattr(recipe, k) for k in ("lr", "batch_size", "distill", "distill_temperature", "lr_schedule", "lmbda")}
     return replace(config, **{k: v for k, v in fill.items() if getattr(config, k) is None})
 
 
@@ -74,6 +75,9 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BnppError(f"--device {config.device}: CUDA is not available on this machine", hint="use --device cpu")
     config.channel.build()  # validates the channel and its training condition
+    if get_preset(config.preset).entropy_coded and config.channel.name != "none":
+        raise BnppError(f"the {config.preset} preset codes over an error-free link, not --channel {config.channel.name} "
+                        f"(its channel code at capacity is computed by link.capacity)", hint="use --channel none")
     torch.manual_seed(config.seed)  # a random-init backbone is reproducible too
     backbone = load_backbone(config.backbone)
     saved = run_dir.read_config() if config.resume else None
@@ -191,6 +195,7 @@ def _check_numbers(c: FitConfig) -> None:
     bad = [(k, v) for k, v in (("--codec-epochs", c.codec_epochs), ("--joint-epochs", c.joint_epochs)) if v < 0]
     bad += [(k, v) for k, v in (("--lr", c.lr), ("--joint-lr", c.joint_lr), ("--batch-size", c.batch_size)) if not v > 0]
     bad += [("--distill", c.distill)] if c.distill < 0 else []
+    bad += [("--lmbda", c.lmbda)] if not 0 <= c.lmbda < float("inf") else []
     bad += [("--distill-temperature", c.distill_temperature)] if not c.distill_temperature > 0 else []
     if c.lr_schedule not in LR_SCHEDULES:
         raise BnppError(f"unknown --lr-schedule {c.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
@@ -300,7 +305,7 @@ class _Trainer:
                     self.cb("phase", {"phase": ph, "epochs": epochs})
                 torch.manual_seed(self.c.seed * 1000 + step)
                 spec = EpochSpec(ph, epoch, step, self.c.seed, self.c.batch_size, self.c.distill,
-                                 self.c.distill_temperature, self.c.amp, self.rank, self.world)
+                                 self.c.distill_temperature, self.c.amp, self.rank, self.world, self.c.lmbda)
                 after = lambda pos, ph=ph, step=step, epoch=epoch: self._after_batch(
                     pos, stop, ph, epoch, step, optimizer, scheduler)
                 record = train_epoch(spec, self.pipeline, forward, self.teacher, self.train_set, self.train_tf,
@@ -316,6 +321,7 @@ class _Trainer:
                     self._stopped(ph, epoch, None)
         seconds = time.perf_counter() - t0
         if self.rank == 0:
+            update_tables(self.pipeline.codec)  # an entropy code's integer tables, fixed from here on
             self.dir.write_final(self.pipeline.codec.state_dict(),
                                  self.model.state_dict() if self.c.joint_epochs > 0 else None, seconds, self.epochs,
                                  self.validation)
@@ -346,6 +352,7 @@ class _Trainer:
     def _save_checkpoint(self, step: int, phase: str, optimizer, scheduler,
                          position: dict[str, Any] | None = None) -> None:
         """The run's state at an epoch end (position None) or after a batch within epoch ``step``."""
+        update_tables(self.pipeline.codec)
         state = {"step": step, "phase": phase, "optimizer": optimizer.state_dict(), "position": position,
                  "scheduler": scheduler.state_dict(), "codec": self.pipeline.codec.state_dict(),
                  "epochs": self.epochs, "backbone": self.model.state_dict() if phase == "joint" else None}

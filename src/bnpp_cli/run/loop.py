@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..codec.entropy import find_prior
 from ..data.batching import BatchTransform, make_loader
 
 Callback = Callable[[str, dict[str, Any]], None]  # (event, info): "phase", "epoch_start", "batch", "epoch",
@@ -81,6 +82,7 @@ class EpochSpec:
     amp: bool
     rank: int = 0
     world: int = 1
+    lmbda: float = 0.0  # rate weight of an entropy code: loss += lmbda x bits per image
 
 
 def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teacher: nn.Module | None,
@@ -100,6 +102,7 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + spec.step * 31 + spec.rank)
     aug_gen = torch.Generator().manual_seed(spec.seed * 104729 + spec.step * 17 + spec.rank)
     channel = pipeline.channel
+    prior = find_prior(pipeline.codec)  # an entropy code: its rate joins the loss
     total, correct, loss_sum, seen, start, before_s = len(loader), 0, 0.0, 0, 0, 0.0
     if resume is not None:
         gen.set_state(resume["gen"])
@@ -138,6 +141,8 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
             loss = F.cross_entropy(logits.float(), y)
             if target is not None:
                 loss = loss + spec.distill * distillation_loss(logits, target, spec.distill_temperature)
+            if prior is not None:
+                loss = loss + prior.rate_loss(spec.lmbda)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -169,11 +174,12 @@ def validate(pipeline: nn.Module, val_set, transform: BatchTransform, device: to
     worst = float(channel.param_range[1])
     gen = torch.Generator(device=device).manual_seed(12345)
     hits = {"val_top1_noiseless": 0, "val_top1_worst": 0}
-    n = 0
+    n, prior, bits = 0, find_prior(pipeline.codec), 0.0
     for x, y in make_loader(val_set, 256, shuffle=False, seed=0):
         x, y = transform(x).to(device), y.to(device)
         f = pipeline.head(x)
         hits["val_top1_noiseless"] += int((pipeline.from_features(f, 0.0).argmax(1) == y).sum())
+        bits += float(prior.bits().sum()) if prior is not None else 0.0
         hits["val_top1_worst"] += int((pipeline.from_features(f, worst, gen).argmax(1) == y).sum())
         n += y.shape[0]
     pipeline.codec.train()
@@ -181,4 +187,6 @@ def validate(pipeline: nn.Module, val_set, transform: BatchTransform, device: to
     out["val_worst_condition"] = channel.condition_from_param(worst) if worst else None
     out["val_worst_label"] = channel.format_condition(out["val_worst_condition"]) if worst else None  # with its unit
     out["val_images"] = n
+    if prior is not None:
+        out["val_bits_estimate"] = bits / n  # the prior's -log2 likelihood per image (eval mode bits are measured)
     return out
