@@ -4,6 +4,10 @@
     edge:   frame --receive: link.transmit.decode_code--> z --air: link.receiver.simulate--> z_hat
             --decoder(z_hat, param)--> f_hat --tail--> logits
 
+An entropy-coded code (preset entropy) sends its range-coded streams instead (codec.entropy, wire
+version 2): the device codes with the integer tables in its encoder, the edge decodes with the copy
+in its decoder.
+
 Rebuilding creates the timm architecture (random init, no download), traces and cuts it exactly as
 `bnpp fit` did (run.pipeline.build_pipeline), and loads the half's tensors strictly: the composed
 halves run the same ops in the same order as the fitted pipeline, so their logits are
@@ -20,6 +24,7 @@ import torch
 from torch import nn
 
 from ..codec.config import CodecConfig
+from ..codec.entropy import decode_entropy_frame, encode_entropy_frame, find_tables
 from ..errors import ExportError
 from ..link.channels import Channel
 from ..link.receiver import simulate
@@ -55,7 +60,10 @@ class DeviceHalf(_Half):
         return self.encoder(self.head(x), param)
 
     def payload(self, z: torch.Tensor) -> bytes:
-        """One wire frame for a code batch: float32 symbols (analog) or packed n-bit levels (digital)."""
+        """One wire frame for a code batch: float32 symbols (analog), packed n-bit levels (digital),
+        or one entropy-coded stream per image (preset entropy)."""
+        if find_tables(self.encoder) is not None:
+            return encode_entropy_frame(z, self.encoder, self.pair_id)
         return encode_code(z, self.channel, self.pair_id)
 
     def compress(self, x: torch.Tensor, param: float = 0.0) -> bytes:
@@ -80,6 +88,8 @@ class EdgeHalf(_Half):
 
     def receive(self, buf: bytes) -> torch.Tensor:
         """Wire frame -> symbols (N, C', H', W'); WireError for another export, kind or shape."""
+        if find_tables(self.decoder) is not None:
+            return decode_entropy_frame(buf, self.decoder, self.pair_id, self.code_shape)
         return decode_code(buf, self.channel, self.pair_id, self.code_shape)
 
     def air(self, z: torch.Tensor, param: float, seed: int = 0, first_index: int = 0) -> torch.Tensor:
