@@ -144,7 +144,7 @@ class CodecConfig:
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
         try:
             return configs.from_dict(cls, d)
-        except ConfigError as e:
+        except (ConfigError, LayoutError) as e:  # a stored layout that does not hold is the codec's error
             raise CodecError(str(e)) from None
 
 
