@@ -105,6 +105,11 @@ def render_eval(r) -> None:
                   f"code {'x'.join(map(str, r.code_shape))} ({r.code_symbols} symbols/image): "
                   f"{r.bandwidth_ratio:.1f}x bandwidth{bits}")
     console.print(Text(f"Channel: {r.channel_definition}"))
+    if r.bits_per_image is not None:
+        estimate = f" (the prior's estimate {r.estimated_bits_per_image:.1f})" if r.estimated_bits_per_image is not None else ""
+        console.print(Text(f"Measured per image, coded alone: {r.bits_per_image:.1f} bits = {r.bytes_per_image:.2f} bytes of "
+                           f"payload{estimate}, {r.frame_bytes_per_image:.1f}-byte frame with the wire header; coder "
+                           f"{r.encode_ms_per_image:.2f} ms device, {r.decode_ms_per_image:.2f} ms edge"))
     console.print(Text(f"Trained for: {r.train_condition}; conditions outside it are extrapolation (marked *)"))
     t = Table(header_style="bold")
     t.add_column(f"condition ({r.condition_axis})")

@@ -1,0 +1,178 @@
+"""Separate source and channel coding vs bnpp's joint (analog) code, at the same channel uses.
+
+For the shared resnet18 / CIFAR-10 at each split given, top-1 against channel uses per image (real
+AWGN symbols) for:
+  (a) bnpp's analog code over AWGN: channel uses = its code symbols, top-1 measured at PSNR 10 and 20 dB
+      (rows of benchmarks/results/rate_accuracy.json, the grid's `bnpp-best` fits);
+  (b) the entropy-coded code (`bnpp eval --json` of a `--preset entropy` run: bits measured from the
+      real batch-1 bitstream) under an ideal channel code at capacity designed for 10 or 20 dB:
+      channel uses = bits / C(design), C = 0.5 log2(1 + SNR); error-free top-1 at or above the design
+      SNR, chance (1 / classes) below it (the cliff), and under Rayleigh block fading of that mean
+      SNR the outage-weighted top-1 (link.capacity);
+  (c) the 8-bit fixed-length code under the same ideal channel code (its top-1 is the grid's BEC
+      p = 0.01 figure: a slight underestimate of its error-free top-1);
+  (d) JPEG of the input image at its measured size (PIL, run.baselines.measure_images), same code;
+  and the floor: log2(classes) bits (the label itself) under that code.
+
+    python benchmarks/separate_vs_joint.py --eval layer3=EVAL.json [--eval layer2=EVAL.json] \
+        --checkpoint /work/shared/models/resnet18_cifar10.safetensors --data /work/shared/data/cifar10/test.npz
+
+Writes benchmarks/results/separate_vs_joint.json (command, commit, machine, inputs) and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bnpp_cli import BackboneConfig, load_backbone, load_dataset
+from bnpp_cli.link import capacity
+from bnpp_cli.run.baselines import measure_images
+
+DESIGNS_DB = (10.0, 20.0)
+TRUE_DB = tuple(float(s) for s in range(0, 31, 2))
+RATIOS = (16.0, 64.0, 256.0)
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def separate_rows(split: str, scheme: str, bits: float, top1: float, classes: int, extra: dict) -> list[dict]:
+    """One row per design SNR: channel uses, and top-1 against the true SNR (AWGN, Rayleigh mean)."""
+    rows = []
+    for design in DESIGNS_DB:
+        awgn = {f"{s:g}": (top1 if not capacity.outage("awgn", design, s) else 1.0 / classes) for s in TRUE_DB}
+        rayleigh = {f"{s:g}": capacity.expected_top1(top1, classes, capacity.rayleigh_outage(design, s))
+                    for s in TRUE_DB}
+        rows.append({"split": split, "scheme": scheme, "design_snr_db": design, "bits_per_image": bits,
+                     "channel_uses": capacity.channel_uses(bits, "awgn", design), "top1_error_free": top1,
+                     "top1_awgn": awgn, "top1_rayleigh_mean_snr": rayleigh, **extra})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--eval", action="append", required=True, help="SPLIT=path of an entropy run's eval JSON")
+    ap.add_argument("--rate-accuracy", default="benchmarks/results/rate_accuracy.json")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data", required=True, help="test images (.npz)")
+    ap.add_argument("--jpeg-images", type=int, default=10000)
+    ap.add_argument("--out", default="benchmarks/results/separate_vs_joint.json")
+    args = ap.parse_args()
+    t0 = time.time()
+    grid = json.loads(Path(args.rate_accuracy).read_text())
+    evals = {}
+    for item in args.eval:
+        split, path = item.split("=", 1)
+        evals[split] = json.loads(Path(path).read_text())
+
+    backbone = load_backbone(BackboneConfig("resnet18", num_classes=10, img_size=32, checkpoint=args.checkpoint))
+    classes = backbone.num_classes
+    ds = load_dataset(args.data, input_size=(32, 32), train=False)
+    n = min(args.jpeg_images, len(ds))
+    x = torch.stack([ds[i][0] for i in range(n)])
+    y = torch.tensor([int(ds[i][1]) for i in range(n)])
+    with torch.no_grad():
+        jpeg = measure_images(backbone.model, x, y, backbone.data_config)
+
+    rows: list[dict] = []
+    for split, ev in evals.items():
+        rows += separate_rows(split, "entropy", ev["bits_per_image"], ev["noiseless_top1"], classes,
+                              {"bytes_per_image": ev["bytes_per_image"], "frame_bytes_per_image": ev["frame_bytes_per_image"],
+                               "estimated_bits_per_image": ev["estimated_bits_per_image"], "source": ev["run"],
+                               "ratio": ev["bandwidth_ratio"]})
+        rows += separate_rows(split, "label (floor)", math.log2(classes), 1.0, classes, {})
+        for enc in jpeg["encodings"]:
+            if enc["format"] == "jpeg":
+                rows += separate_rows(split, f"jpeg q{enc['quality']}", 8 * enc["bytes_per_image"], enc["val_top1"],
+                                      classes, {"jpeg_images": jpeg["images"]})
+        for r in grid["rows"]:
+            if r["split"] != split or r["method"] != "bnpp-best" or r["ratio"] not in RATIOS:
+                continue
+            if r["channel"] == "bec":
+                rows += separate_rows(split, f"8-bit fixed {r['ratio']:g}x", r["payload_bits"], r["top1"], classes,
+                                      {"ratio": r["ratio"], "top1_note": "measured through BEC p = 0.01"})
+            elif r["channel"] == "awgn":
+                snr = r["condition"]["snr_db"]
+                rows.append({"split": split, "scheme": f"analog bnpp {r['ratio']:g}x", "design_snr_db": None,
+                             "snr_db": snr, "channel_uses": r["payload_bits"] / 32, "top1": r["top1"],
+                             "ratio": r["ratio"], "trained_for": "PSNR >= 10 dB (rate_accuracy.py)"})
+    out = {"command": " ".join(sys.argv), "commit": commit(), "machine": {"cores": torch.get_num_threads(),
+           "platform": platform.platform(), "torch": torch.__version__}, "seeds": [0],
+           "backbone_top1_jpeg_images": jpeg["backbone_val_top1"], "jpeg_images": jpeg["images"],
+           "rate_accuracy_source": {"file": args.rate_accuracy, "commit": grid.get("commit"), "epochs": grid.get("epochs"),
+                                    "train_limit": grid.get("train_limit")},
+           "definitions": {"channel_uses": "real AWGN symbols per image; separate schemes: bits / (0.5 log2(1 + SNR_design))",
+                           "outage": "true SNR below the design SNR: the image's bits are lost, top-1 = 1 / classes",
+                           "rayleigh": "block fading, P_out = 1 - exp(-SNR_design / SNR_mean)"},
+           "wall_seconds": time.time() - t0, "rows": rows}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    plot(out, Path(args.out).with_suffix(".png"))
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({r["split"] for r in out["rows"]})
+    fig, axes = plt.subplots(len(splits), 2, figsize=(12, 4.2 * len(splits)), dpi=110, squeeze=False)
+    for i, split in enumerate(splits):
+        rows = [r for r in out["rows"] if r["split"] == split]
+        left, right = axes[i]
+        for snr, marker in ((10.0, "o"), (20.0, "s")):
+            pts = sorted((r["channel_uses"], 100 * r["top1"]) for r in rows
+                         if r["scheme"].startswith("analog") and r["snr_db"] == snr)
+            if pts:
+                left.plot(*zip(*pts), marker=marker, color="tab:blue", label=f"(a) analog bnpp, AWGN {snr:g} dB")
+            for scheme, color in (("entropy", "tab:red"), ("8-bit", "tab:green"), ("jpeg", "tab:purple"),
+                                  ("label", "k")):
+                sel = sorted((r["channel_uses"], 100 * r["top1_error_free"]) for r in rows
+                             if r["scheme"].startswith(scheme) and r["design_snr_db"] == snr)
+                if sel:
+                    left.plot(*zip(*sel), marker=marker, ls="--" if snr == 20 else ":", color=color,
+                              label=f"{scheme} + ideal code @ {snr:g} dB")
+        left.set_xscale("log")
+        left.set_xlabel("channel uses per image (real symbols)")
+        left.set_ylabel("top-1 (%) at the design SNR")
+        left.set_title(f"resnet18 / CIFAR-10 @ {split}: at equal channel uses")
+        left.grid(alpha=0.3)
+        left.legend(fontsize=6)
+        for r in rows:
+            if r["scheme"] == "entropy":
+                xs = [float(k) for k in r["top1_awgn"]]
+                right.plot(xs, [100 * v for v in r["top1_awgn"].values()], color="tab:red",
+                           ls="-" if r["design_snr_db"] == 20 else "--",
+                           label=f"entropy, code for {r['design_snr_db']:g} dB ({r['channel_uses']:.0f} uses), AWGN")
+                right.plot(xs, [100 * v for v in r["top1_rayleigh_mean_snr"].values()], color="tab:orange",
+                           ls="-" if r["design_snr_db"] == 20 else "--", label=f"same, Rayleigh block fading (mean SNR)")
+        for r in rows:
+            if r["scheme"].startswith("analog") and r["ratio"] == 64.0:
+                right.scatter([r["snr_db"]], [100 * r["top1"]], color="tab:blue", zorder=3,
+                              label=f"analog 64x ({r['channel_uses']:.0f} uses), AWGN" if r["snr_db"] == 10 else None)
+        right.set_xlabel("true channel SNR (dB)")
+        right.set_ylabel("top-1 (%)")
+        right.set_title("the cliff: an ideal code below its design SNR")
+        right.grid(alpha=0.3)
+        right.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
