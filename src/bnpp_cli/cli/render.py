@@ -76,7 +76,8 @@ def render_fit(result) -> None:
     cfg = result.config
     cc = cfg.codec
     fit = cfg.fit.to_dict() if cfg.fit is not None else {}
-    console.print(f"Run [bold]{result.run}[/]: {cfg.model} split at {cfg.split} {'x'.join(map(str, cfg.feature_shape))}, "
+    console.print(f"Run [bold]{result.run}[/]: {cfg.model} split at {cfg.split} {'x'.join(map(str, cfg.feature_shape))} "
+                  f"({cc.layout.describe()}), "
                   f"codec {cc.preset} -> code {'x'.join(map(str, cc.code_shape))} ({cc.bandwidth_ratio:g}x), "
                   f"channel {cfg.channel.name}")
     if fit.get("lr") is not None:
