@@ -17,8 +17,12 @@ because the coder never sees a float the network computed. Values beyond [-B, B]
 forward pass too, so the evaluated pipeline sees exactly the symbols the coder sends; the edge
 symbols carry the tails' probability mass.
 
-Stream bytes: constriction writes 32-bit words; the zero high bytes of the last word are dropped
-(and restored as zeros by the reader), so a stream is a whole number of bytes, not of words.
+Stream bytes: constriction writes 32-bit words. The reader pads a stream with zero bytes to whole
+words, so the writer drops trailing bytes for as long as the stream still decodes to the same symbols
+(the range decoder only needs some point of the final interval): a stream is a whole number of
+bytes, often a word shorter than the coder's flush. That trimming is deterministic, so a stream that
+is not exactly the trimmed encoding of what it decodes to is refused (EntropyError); the wire
+frame's CRC-32 catches the rest.
 """
 
 from __future__ import annotations
@@ -186,10 +190,27 @@ def _checked_counts(tables: FactorizedPrior | SymbolTables) -> np.ndarray:
     return (counts / 2.0**PRECISION).astype(np.float32)  # exact: counts < 2^16, a power-of-two scale
 
 
-def _stream_bytes(words: np.ndarray) -> bytes:
-    raw = words.astype("<u4").tobytes()
-    keep = len(raw) - min(3, len(raw) - len(raw.rstrip(b"\0")))  # drop the last word's zero high bytes only
-    return raw[:keep]
+def _decode_words(data: bytes, per_symbol: np.ndarray, family) -> np.ndarray | None:
+    """The symbols a stream decodes to, or None when the coder refuses it."""
+    constriction = _coder()
+    try:
+        return constriction.stream.queue.RangeDecoder(_stream_words(data)).decode(family, per_symbol)
+    except Exception:  # constriction raises on an invalid stream
+        return None
+
+
+def _encode_trimmed(symbols: np.ndarray, per_symbol: np.ndarray, family) -> bytes:
+    """The range coder's stream with trailing bytes dropped while it still decodes to ``symbols``."""
+    constriction = _coder()
+    coder = constriction.stream.queue.RangeEncoder()
+    coder.encode(symbols.astype(np.int32), family, per_symbol)
+    raw = coder.get_compressed().astype("<u4").tobytes()
+    while raw:
+        back = _decode_words(raw[:-1], per_symbol, family)
+        if back is None or not np.array_equal(back, symbols):
+            break
+        raw = raw[:-1]
+    return raw
 
 
 def _stream_words(data: bytes) -> np.ndarray:
@@ -206,12 +227,7 @@ def encode_symbols(z: Tensor, tables: FactorizedPrior | SymbolTables) -> list[by
     sym = (z.detach().cpu().reshape(n, tables.channels, -1).round().clamp(-b, b).to(torch.int64) + b)
     per_symbol = probs[np.repeat(np.arange(tables.channels), sym.shape[2])]  # (C' H' W', K), C order
     family = constriction.stream.model.Categorical(perfect=False)
-    out = []
-    for i in range(n):
-        coder = constriction.stream.queue.RangeEncoder()
-        coder.encode(sym[i].reshape(-1).numpy().astype(np.int32), family, per_symbol)
-        out.append(_stream_bytes(coder.get_compressed()))
-    return out
+    return [_encode_trimmed(sym[i].reshape(-1).numpy(), per_symbol, family) for i in range(n)]
 
 
 def decode_symbols(streams: Sequence[bytes], tables: FactorizedPrior | SymbolTables,
@@ -227,23 +243,14 @@ def decode_symbols(streams: Sequence[bytes], tables: FactorizedPrior | SymbolTab
     family = constriction.stream.model.Categorical(perfect=False)
     out = np.empty((len(streams), numel), dtype=np.int64)
     for i, data in enumerate(streams):
-        words = _stream_words(data)
-        try:
-            decoder = constriction.stream.queue.RangeDecoder(words)
-            out[i] = decoder.decode(family, per_symbol)
-        except Exception as e:  # constriction raises on an invalid stream
-            raise EntropyError(f"bitstream of image {i} ({len(data)} bytes) does not decode: {e}") from None
-        if not decoder.maybe_exhausted() or _stream_bytes(_reencode(out[i], per_symbol, family)) != bytes(data):
+        back = _decode_words(bytes(data), per_symbol, family)
+        if back is None:
+            raise EntropyError(f"bitstream of image {i} ({len(data)} bytes) does not decode")
+        if _encode_trimmed(back, per_symbol, family) != bytes(data):
             raise EntropyError(f"bitstream of image {i} ({len(data)} bytes) is corrupted or truncated: "
-                               f"it does not re-encode to itself")
+                               f"it is not the stream of the code it decodes to")
+        out[i] = back
     return torch.from_numpy(out - b).to(torch.float32).reshape(len(streams), *code_shape)
-
-
-def _reencode(symbols: np.ndarray, per_symbol: np.ndarray, family) -> np.ndarray:
-    constriction = _coder()
-    coder = constriction.stream.queue.RangeEncoder()
-    coder.encode(symbols.astype(np.int32), family, per_symbol)
-    return coder.get_compressed()
 
 
 def encode_entropy_frame(z: Tensor, module: nn.Module, pair_id: str) -> bytes:
