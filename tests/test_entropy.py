@@ -275,3 +275,27 @@ def test_eval_reports_measured_bits_for_a_fixed_length_code(fitted):
     assert result.estimated_bits_per_image is None
     assert result.frame_bytes_per_image == result.payload_bytes + wire.header_length(4)
     np.testing.assert_allclose(result.bits_per_image / result.code_symbols, 8.0)
+
+
+def test_exported_halves_send_streams_and_match_the_run(fitted, tmp_path):
+    from bnpp_cli import export_halves
+    from bnpp_cli.deploy.halves import load_pair
+    from bnpp_cli.run.pipeline import load_run
+
+    fit = fitted(channel="none", condition=None, preset="entropy", ratio=8.0)
+    export_halves(fit.run, tmp_path / "deploy")
+    device, edge = load_pair(tmp_path / "deploy")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        frame = device.compress(x)
+        logits = edge.decompress(frame)
+        expected = load_run(fit.run).pipeline(x, 0.0)
+    parsed, streams = wire.decode_streams(frame)
+    assert parsed.kind == "entropy" and len(streams) == 3
+    assert torch.equal(logits, expected)  # the halves' integer code is the run's, bit for bit
+    broken = bytearray(frame)
+    broken[-1] ^= 0xFF
+    with pytest.raises(WireError, match="CRC"):
+        edge.decompress(bytes(broken))
+    with pytest.raises(WireError, match="truncated"):
+        edge.decompress(frame[:-2])
