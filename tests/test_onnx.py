@@ -242,3 +242,10 @@ def test_reparam_fuses_before_the_cut(tmp_path):
     unfused = export_halves(tmp_path / "run", tmp_path / "u", format="onnx")
     assert ops.count("Conv") < [n.op_type for n in onnx.load(unfused.onnx["device_path"]).graph.node].count("Conv")
     assert res.device_params < unfused.device_params
+
+
+def test_an_entropy_coded_run_is_refused_before_anything_is_written(fitted, tmp_path):
+    fit = fitted(preset="entropy", channel="none", condition=None, ratio=8)
+    with pytest.raises(ExportError, match="entropy-coded code") as e:
+        export_halves(fit.run, tmp_path / "d", format="all")
+    assert "--format safetensors" in e.value.hint and not (tmp_path / "d").exists()

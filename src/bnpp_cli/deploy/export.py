@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..codec.entropy import find_tables
 from ..errors import ExportError
 from ..link.transmit import header_bytes, payload_bytes
 from ..run.pipeline import build_pipeline, load_run
@@ -80,6 +81,10 @@ def export_halves(run_dir: str | Path, out_dir: str | Path, format: str = "safet
 def export_run(config: ExportConfig) -> ExportResult:
     run = load_run(config.run)
     p = run.pipeline
+    if config.format != "safetensors" and find_tables(p.codec.encoder) is not None:  # before any file is written
+        raise ExportError(f"run '{config.run}' has an entropy-coded code (preset {p.codec.config.preset}): its range "
+                          "coder needs the integer tables the safetensors halves carry, not the ONNX graphs",
+                          hint="export it with --format safetensors")
     head, tail = p.head, p.tail
     if config.reparam:
         head, tail = _reparameterized(run)
