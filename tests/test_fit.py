@@ -199,7 +199,8 @@ def test_fit_bad_input_is_one_line_and_writes_nothing(tmp_path):
     _cli_error(base + ["--split", "layer2", "--channel", "bec", "--erasure", "0.9", "--out", str(out)], "0.9")
     _cli_error(base + ["--split", "layer2", "--channel", "bec", "--snr", "10", "--out", str(out)], "--erasure")
     _cli_error(base + ["--split", "layer9", "--out", str(out)], "'layer9'", "layer2")
-    _cli_error(base + ["--split", "global_pool", "--out", str(out)], "global_pool", "token feature")
+    vit = ["fit", "test_vit_relpos", "--img-size", "32", "--num-classes", "10", "--data", str(data), "--codec-epochs", "1"]
+    _cli_error(vit + ["--split", "flatten", "--out", str(out)], "flatten", "96 x 4", "will not guess")  # layout unknown
     _cli_error(base + ["--split", "layer4", "--ratio", "1000", "--out", str(out)], "ratio", "1000")
     _cli_error(base + ["--split", "layer2", "--lr-schedule", "step", "--out", str(out)], "'step'", "cosine", "constant")
     _cli_error(base + ["--split", "layer2", "--distill-temperature", "0", "--out", str(out)], "--distill-temperature 0")
