@@ -152,9 +152,10 @@ def test_infer_matches_predict(request, images, tmp_path, kind, flag, condition)
     assert len(remote) == len(images)
     for rem, loc in zip(remote, local):
         _assert_same([tuple(t) for t in rem["top"]], loc.top)
-        assert rem["bytes_sent"] == REQUEST_HEADER + loc.frame_bytes
+        assert rem["request_bytes"] == REQUEST_HEADER + loc.frame_bytes and rem["frame_bytes"] == loc.frame_bytes
+        assert rem["payload_bytes"] == loc.payload_bytes
         assert rem["device_ms"] > 0 and rem["edge_ms"] > 0 and rem["network_ms"] >= 0
-    assert "sent" in r.output and "network" in r.output
+    assert "request " in r.output and "B request header" in r.output and "network" in r.output
     for rem, loc in zip(plain, predict(deploy, images, topk=3, seed=0)):
         _assert_same(rem.top, loc.top)
     assert max(abs(a - b) for (_, a), (_, b) in zip(misnumbered, local[1].top)) > 1e-4

@@ -155,7 +155,9 @@ def render_export(r) -> None:
 def render_remote_predictions(results) -> None:
     for r in results:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.top)
-        console.print(f"[bold]{escape(r.image)}[/]: {escape(best)}  |  sent {r.bytes_sent} B, device {r.device_ms:.1f} ms, "
+        console.print(f"[bold]{escape(r.image)}[/]: {escape(best)}  |  request {r.request_bytes} B = frame {r.frame_bytes} B (payload "
+                      f"{r.payload_bytes} B + {r.frame_bytes - r.payload_bytes} B wire header) + "
+                      f"{r.request_bytes - r.frame_bytes} B request header, device {r.device_ms:.1f} ms, "
                       f"network {r.network_ms:.1f} ms, edge {r.edge_ms:.1f} ms")
 
 

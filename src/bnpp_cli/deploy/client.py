@@ -14,6 +14,7 @@ import torch
 
 from ..errors import ServeError
 from ..link.receiver import check_seed
+from ..link.transmit import header_bytes
 from .halves import load_device_dir
 from .predict import check_condition, prepare_images
 from .protocol import ANSWER_LENGTH, MAX_ANSWER, Request, encode_request
@@ -120,7 +121,9 @@ class EdgeClient:
 class RemotePrediction:
     image: str
     top: list[tuple[str, float]]  # (class, probability), best first
-    bytes_sent: int  # request header + wire frame of this image
+    request_bytes: int  # what was sent: request header (+ token) + the wire frame
+    frame_bytes: int  # the wire frame: payload + wire header (predict's frame_bytes)
+    payload_bytes: int  # the code itself (predict's payload_bytes)
     device_ms: float
     network_ms: float
     edge_ms: float
@@ -149,6 +152,7 @@ def infer_images(deploy_dir: str | Path, images: Sequence[str | Path], server: s
             frame = device.compress(x[None], param)
             device_ms = 1e3 * (time.perf_counter() - t0)
             answer = client.send(frame, Request(topk, condition, seed, index, close=index == len(images) - 1))
-            out.append(RemotePrediction(str(path), answer.predictions[0], answer.bytes_sent, device_ms,
+            out.append(RemotePrediction(str(path), answer.predictions[0], answer.bytes_sent, len(frame),
+                                        len(frame) - header_bytes(device.code_shape), device_ms,
                                         answer.network_ms, answer.edge_ms))
     return out
