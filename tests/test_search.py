@@ -269,3 +269,17 @@ def test_cli_search_errors(tmp_path):
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     with pytest.raises(RunError, match="holds no bnpp search"):
         read_search(tmp_path / "busy")
+
+
+@pytest.mark.slow
+def test_cli_search_digital_bits_per_image(tmp_path):
+    data = tiny_npz(tmp_path / "train.npz", n=64)
+    r = CliRunner().invoke(app, ["search", "test_resnet", "--num-classes", "10", "--img-size", "32", "--data", str(data),
+                                 "--out", str(tmp_path / "s"), "--channel", "bec", "--erasure", "0.01",
+                                 "--splits", "layer4", "--bits-per-image", "192", "--rounds", "1",
+                                 "--first-images", "32", "--batch-size", "16", "--max-drop", "100", "--draws", "1",
+                                 "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    (c,) = json.loads((tmp_path / "s.json").read_text())["candidates"]
+    # layer4 96x1x1, 8-bit symbols: 192 bits per image = 24 symbols = ratio 4
+    assert (c["name"], c["symbols"], c["bits_per_image"], c["bandwidth_ratio"]) == ("layer4-b192-n32-e1", 24, 192, 4.0)
