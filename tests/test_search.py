@@ -283,3 +283,18 @@ def test_cli_search_digital_bits_per_image(tmp_path):
     (c,) = json.loads((tmp_path / "s.json").read_text())["candidates"]
     # layer4 96x1x1, 8-bit symbols: 192 bits per image = 24 symbols = ratio 4
     assert (c["name"], c["symbols"], c["bits_per_image"], c["bandwidth_ratio"]) == ("layer4-b192-n32-e1", 24, 192, 4.0)
+
+
+def test_profile_says_its_ratio_is_assumed_and_shows_a_measured_search(tiny_search, tmp_path):
+    config, _, _, result = tiny_search
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["profile", "test_resnet", "--img-size", "32", "--repeats", "1", "--samples", "2",
+                                 "--search", str(config.out), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "ASSUMED 64x codec at every point, accuracy NOT measured" in r.output and "bnpp search MODEL" in r.output
+    d = json.loads(out.read_text())
+    assert d["recommendation"]["ratio_assumed"] is True
+    measured = d["measured_recommendation"]
+    assert measured == result.recommendation and "Measured (bnpp search " in r.output
+    r = CliRunner().invoke(app, ["profile", "test_resnet", "--search", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "holds no bnpp search" in r.output

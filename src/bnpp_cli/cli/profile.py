@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -27,7 +28,10 @@ def profile(
     bandwidth_mbps: Annotated[float, typer.Option(help="Budget: uplink bandwidth in Mbit/s.")] = 10.0,
     device_gmacs: Annotated[float, typer.Option(help="Budget: device speed in GMAC/s.")] = 10.0,
     edge_gmacs: Annotated[float, typer.Option(help="Budget: edge speed in GMAC/s.")] = 1000.0,
-    ratio: Annotated[float, typer.Option(help="Budget: expected bit compression of the codec vs float32.")] = 64.0,
+    ratio: Annotated[float, typer.Option(help="Budget: expected bit compression of the codec vs float32 "
+                                                "(assumed at every point; `bnpp search` measures it).")] = 64.0,
+    search: Annotated[Optional[Path], typer.Option(
+        "--search", help="A finished `bnpp search --out DIR`: show its measured recommendation too.")] = None,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
 ):
@@ -35,7 +39,7 @@ def profile(
     from dataclasses import replace
 
     from ..split.profile import Budget, ProfileConfig, profile_model
-    from .render import render_profile
+    from .render import render_measured, render_profile
 
     backbone = replace(backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs), reparam=reparam)
     config = ProfileConfig(
@@ -43,9 +47,19 @@ def profile(
         data=data, samples=samples, repeats=repeats, verify=verify, seed=seed,
         budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs, ratio=ratio),
     )
+    measured = None
+    if search is not None:
+        from ..run.search import read_search
+
+        measured = read_search(search)  # before the model is built: a bad DIR fails at once
     result = profile_model(config)
-    write_json_output(json_path, result.to_dict())
+    out = result.to_dict()
+    if measured is not None:
+        out["measured_recommendation"] = measured.recommendation
+    write_json_output(json_path, out)
     render_profile(result)
+    if measured is not None:
+        render_measured(measured, search)
 
 
 def register(app: typer.Typer) -> None:

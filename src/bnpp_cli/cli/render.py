@@ -62,13 +62,31 @@ def render_profile(p) -> None:
     b = rec["budget"]
     console.print(f"Budget: {b['bandwidth_mbps']:g} Mbit/s link, device {b['device_gmacs']:g} GMAC/s, "
                   f"edge {b['edge_gmacs']:g} GMAC/s, codec ratio {b['ratio']:g}x (32-bit feature -> payload)")
-    console.print(f"Recommended split: [bold green]{rec['best']}[/] (est. {rec['best_est_latency_ms']:.1f} ms end to end; "
+    console.print(f"Recommended split (ASSUMED {b['ratio']:g}x codec at every point, accuracy NOT measured): "
+                  f"[bold green]{rec['best']}[/] (est. {rec['best_est_latency_ms']:.1f} ms end to end; "
                   f"edge-only {rec['baselines']['edge_only_ms']:.1f} ms, device-only "
                   f"{rec['baselines']['device_only_ms']:.1f} ms).  * best   · Pareto (device MACs vs payload)")
     console.print(f"Pareto set: {', '.join(rec['pareto'])}")
+    console.print("For a split and rate chosen from measured accuracy on your data: "
+                  "bnpp search MODEL --data DIR --max-drop 1")
     console.print(f"Sparsity inputs: {p.inputs}; MACs: 1 MAC = 2 FLOPs; eps = near-zero threshold")
     for note in p.notes:
         console.print(f"[yellow]Note:[/] {note}")
+
+
+def render_measured(search, where) -> None:
+    """The recommendation of a finished `bnpp search`, beside profile's assumed one."""
+    rec = search.recommendation or {}
+    c = rec.get("candidate")
+    if c:
+        console.print(f"Measured (bnpp search {escape(str(where))}): [bold green]{c['split']}[/] at rate {c['rate']:g}, "
+                      f"{c['symbols']} symbols / {c['bits_per_image']} bits per image, {_si(c['device_macs'])} device MACs, "
+                      f"validation drop {c['val_drop']:.2f} pt (tolerance {rec.get('max_drop', 0):g}), "
+                      f"est. {c['latency_ms']:.2f} ms; run {escape(str(c['run']))}")
+    else:
+        console.print(f"Measured (bnpp search {escape(str(where))}): no candidate within the tolerance")
+    if rec.get("note"):
+        console.print(f"[yellow]Note:[/] {escape(rec['note'])}")
 
 
 def render_fit(result) -> None:

@@ -182,6 +182,9 @@ def recommend(rows: list[PointProfile], budget: Budget, input_size, total_macs: 
         "pareto": pareto,
         "budget": asdict(budget),
         "formula": "device_macs/device_gmacs + 32*elements/ratio/bandwidth + edge_macs/edge_gmacs",
+        "ratio_assumed": True,  # the same codec ratio at every point, accuracy not measured
+        "note": f"assumes a {budget.ratio:g}x codec at every split point and does not measure accuracy; "
+                f"`bnpp search MODEL --data DIR --max-drop 1` chooses the split and rate from measured accuracy",
         "baselines": {
             "edge_only_ms": _estimate_ms(0, image_bits, total_macs, budget),  # send raw 8-bit pixels
             "device_only_ms": _estimate_ms(total_macs, 0, 0, budget),
