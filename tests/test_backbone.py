@@ -91,3 +91,13 @@ def test_model_kwargs_parse_like_timm_train_and_reach_the_model():
         parse_model_kwargs(["depth"])
     bb = load_backbone(BackboneConfig("test_vit", img_size=32, model_kwargs=parse_model_kwargs(["patch_size=4"])))
     assert bb.create_kwargs["patch_size"] == 4 and tuple(bb.model.patch_embed.grid_size) == (8, 8)
+
+
+def test_mean_and_std_override_timms_data_config_and_are_checked():
+    bb = load_backbone(BackboneConfig("test_vit", img_size=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
+    assert bb.data_config["mean"] == [0.485, 0.456, 0.406] and bb.data_config["std"] == [0.229, 0.224, 0.225]
+    assert load_backbone(BackboneConfig("test_vit", img_size=32)).data_config["mean"] == [0.5, 0.5, 0.5]
+    with pytest.raises(ModelError, match="--std 0.2,0,0.2 is not valid: give 3 numbers"):
+        load_backbone(BackboneConfig("test_vit", img_size=32, std=[0.2, 0.0, 0.2]))
+    with pytest.raises(ModelError, match="--mean 0.5,0.5 is not valid"):
+        load_backbone(BackboneConfig("test_vit", img_size=32, mean=[0.5, 0.5]))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
+from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, MeanOpt, StdOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
                       backbone_config, parse_range)
 
 
@@ -140,6 +140,8 @@ def fit(
     num_classes: NumClassesOpt = None,
     img_size: ImgSizeOpt = None,
     model_kwargs: ModelKwargsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     seed: SeedOpt = 0,
 ):
     """Train the encoder/decoder pair at a split point under a simulated channel."""
@@ -155,7 +157,7 @@ def fit(
     link = ChannelConfig.from_flags(channel, {"--snr": parse_range(snr, "--snr"),
                                               "--erasure": parse_range(erasure, "--erasure")}, bits)
     config = FitConfig(
-        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs), split=split, data=data,
+        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs, mean, std), split=split, data=data,
         out=str(out), channel=link, ratio=ratio, code_channels=code_channels, preset=preset,
         hidden_channels=hidden_channels, encoder_blocks=encoder_blocks, spatial_reduction=spatial_reduction,
         val_data=val_data, val_fraction=val_fraction, data_root=data_root, limit=limit, codec_epochs=codec_epochs,

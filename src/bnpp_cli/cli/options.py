@@ -16,6 +16,10 @@ ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="Square in
 ModelKwargsOpt = Annotated[Optional[list[str]], typer.Option(
     "--model-kwargs", help="timm.create_model keyword argument as key=value (int, float, bool or string); "
                            "repeatable: --model-kwargs patch_size=4 --model-kwargs depth=6.")]
+MeanOpt = Annotated[Optional[str], typer.Option(
+    "--mean", help="Input normalisation mean the weights were trained with, R,G,B (default: timm's data config).")]
+StdOpt = Annotated[Optional[str], typer.Option(
+    "--std", help="Input normalisation std the weights were trained with, R,G,B (default: timm's data config).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Images: .npz (x uint8 NxHxWx3, y), an ImageFolder directory, or cifar10/cifar100/...")]
@@ -27,11 +31,25 @@ TokenOpt = Annotated[Optional[str], typer.Option(
     "--token", envvar="BNPP_TOKEN", help="Shared secret between devices and the edge (or env BNPP_TOKEN).")]
 
 
-def backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs=None):
+def backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs=None, mean=None, std=None):
     from ..split.backbone import BackboneConfig, parse_model_kwargs
 
     return BackboneConfig(model=model, pretrained=pretrained, checkpoint=str(checkpoint) if checkpoint else None,
-                          num_classes=num_classes, img_size=img_size, model_kwargs=parse_model_kwargs(model_kwargs))
+                          num_classes=num_classes, img_size=img_size, model_kwargs=parse_model_kwargs(model_kwargs),
+                          mean=parse_triple(mean, "--mean"), std=parse_triple(std, "--std"))
+
+
+def parse_triple(value: str | None, flag: str) -> list[float] | None:
+    """'0.485,0.456,0.406' -> [0.485, 0.456, 0.406] (the library checks the count and range)."""
+    from ..errors import ModelError
+
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise ModelError(f"{flag} {value!r} is not a comma-separated list of numbers",
+                         hint=f"e.g. {flag} 0.485,0.456,0.406") from None
 
 
 def write_json_output(path: Path | None, obj) -> None:

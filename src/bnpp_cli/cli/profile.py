@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
+from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, MeanOpt, StdOpt, JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
                       backbone_config, write_json_output)
 
 
@@ -18,6 +18,8 @@ def profile(
     num_classes: NumClassesOpt = None,
     img_size: ImgSizeOpt = None,
     model_kwargs: ModelKwargsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     all_points: Annotated[bool, typer.Option("--all", help="Every valid split point, not only the named ones.")] = False,
     data: DataOpt = None,
     samples: Annotated[int, typer.Option(help="Images used for the sparsity figures.")] = 16,
@@ -41,7 +43,7 @@ def profile(
     from ..split.profile import Budget, ProfileConfig, profile_model
     from .render import render_measured, render_profile
 
-    backbone = replace(backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs), reparam=reparam)
+    backbone = replace(backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs, mean, std), reparam=reparam)
     config = ProfileConfig(
         backbone=backbone, all_points=all_points,
         data=data, samples=samples, repeats=repeats, verify=verify, seed=seed,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, JsonOpt, ModelArg, ModelKwargsOpt, NumClassesOpt,
+from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, JsonOpt, ModelArg, ModelKwargsOpt, MeanOpt, StdOpt, NumClassesOpt,
                       PretrainedOpt, SeedOpt, backbone_config, parse_list, parse_range, write_json_output)
 
 
@@ -45,6 +45,8 @@ def search(
     num_classes: NumClassesOpt = None,
     img_size: ImgSizeOpt = None,
     model_kwargs: ModelKwargsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     seed: SeedOpt = 0,
 ):
     """Fit short candidates over splits x rates, give the promising more budget, recommend from measured drops."""
@@ -64,7 +66,7 @@ def search(
                                               "--erasure": parse_range(erasure, "--erasure")}, bits)
     rates = parse_list(bits_per_image, "--bits-per-image") if bits_per_image else parse_list(ratios, "--ratios")
     config = SearchConfig(
-        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs), data=data,
+        backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs, mean, std), data=data,
         out=str(out), channel=link, splits=None if splits == "auto" else [s.strip() for s in splits.split(",") if s.strip()],
         auto_splits=auto_splits, rates=rates, bits_per_image=bits_per_image is not None, max_drop=max_drop,
         budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs),

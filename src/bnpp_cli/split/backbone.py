@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ class BackboneConfig:
     img_size: int | None = None  # None keeps the model's default input size
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed on to timm.create_model
     reparam: bool = False  # fuse re-parameterisable branches (timm's reparameterize_model): the deploy form
+    mean: list[float] | None = None  # input normalisation the weights were trained with; None: timm's data config
+    std: list[float] | None = None  # (timm train.py's --mean / --std)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,7 +160,7 @@ def load_backbone(config: BackboneConfig) -> Backbone:
         from timm.utils.model import reparameterize_model
 
         model = reparameterize_model(model)
-    data_config = resolve_data_config(model, config.img_size)
+    data_config = resolve_data_config(model, config.img_size, config.mean, config.std)
     _probe_forward(model, data_config["input_size"], config)
     return Backbone(model, config, data_config, weights, create_kwargs)
 
@@ -226,11 +229,21 @@ def _cached(hub_id: str | None, url: str | None) -> bool:
     return False
 
 
-def resolve_data_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
-    """timm's data config (mean, std, input size, crop_pct, interpolation), plain types."""
+def resolve_data_config(model: nn.Module, img_size: int | None = None, mean: list[float] | None = None,
+                        std: list[float] | None = None) -> dict[str, Any]:
+    """timm's data config (mean, std, input size, crop_pct, interpolation), plain types; an explicit
+    mean / std (what the weights were trained with) replaces timm's."""
     from timm.data import resolve_model_data_config
 
-    cfg = resolve_model_data_config(model)
+    for name, values in (("--mean", mean), ("--std", std)):
+        if values is not None and (len(values) != 3 or not all(math.isfinite(v) for v in values)
+                                   or (name == "--std" and min(values) <= 0)):
+            raise ModelError(f"{name} {','.join(f'{v:g}' for v in values)} is not valid: give 3 numbers "
+                             f"(one per RGB channel){', each > 0' if name == '--std' else ''}, e.g. "
+                             f"{'0.485,0.456,0.406' if name == '--mean' else '0.229,0.224,0.225'}")
+    cfg = dict(resolve_model_data_config(model))
+    cfg["mean"] = mean if mean is not None else cfg["mean"]
+    cfg["std"] = std if std is not None else cfg["std"]
     input_size = list(cfg["input_size"])
     if img_size is not None:
         input_size = [input_size[0], img_size, img_size]
