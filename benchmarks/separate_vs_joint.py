@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def main() -> None:
                 rows.append({"split": split, "scheme": f"analog bnpp {r['ratio']:g}x", "design_snr_db": None,
                              "snr_db": snr, "channel_uses": r["payload_bits"] / 32, "top1": r["top1"],
                              "ratio": r["ratio"], "trained_for": "PSNR >= 10 dB (rate_accuracy.py)"})
-    out = {"command": " ".join(sys.argv), "commit": commit(), "machine": {"cores": torch.get_num_threads(),
+    out = {"command": " ".join(sys.argv), "commit": commit(), "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "platform": platform.platform(), "torch": torch.__version__}, "seeds": [0],
            "backbone_top1_jpeg_images": jpeg["backbone_val_top1"], "jpeg_images": jpeg["images"],
            "rate_accuracy_source": {"file": args.rate_accuracy, "commit": grid.get("commit"), "epochs": grid.get("epochs"),
