@@ -185,8 +185,28 @@ def test_compress_then_decompress_is_the_simulated_link(channel, condition):
 
 # -- every registered channel and preset, end to end -----------------------------------------------
 
-@pytest.mark.parametrize("preset", list_presets())
-@pytest.mark.parametrize("channel", list_channels())
+def _valid_pairs() -> list[tuple[str, str]]:
+    """Every registered channel x preset a fit accepts: entropy-coded presets code over the error-free
+    link only (channel none; their channel code at capacity is link.capacity's)."""
+    return [(c, p) for p in list_presets() for c in list_channels()
+            if not get_preset(p).entropy_coded or c == "none"]
+
+
+def test_entropy_coded_presets_refuse_a_noisy_channel(tmp_path):
+    from bnpp_cli.errors import BnppError
+    from bnpp_cli.run.fit import fit_codec
+
+    from .helpers import tiny_npz
+
+    data = tiny_npz(tmp_path / "d.npz")
+    for preset in (p for p in list_presets() if get_preset(p).entropy_coded):
+        with pytest.raises(BnppError, match="codes over an error-free link, not --channel awgn"):
+            fit_codec(FitConfig(backbone=BackboneConfig("test_resnet", num_classes=10, img_size=32), split="layer2",
+                                data=str(data), out=str(tmp_path / "run"), preset=preset))
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("channel,preset", _valid_pairs())
 def test_every_channel_and_preset_fits_exports_and_predicts(fitted, tmp_path, channel, preset):
     cond = {"none": None, "bec": 0.01, "bsc": 0.01}.get(channel, 20.0)
     run_dir, data, _ = fitted(channel=channel, condition=cond, preset=preset)
