@@ -133,7 +133,7 @@ def test_select_condition_names_the_right_flag():
 # -- presets are registered objects ----------------------------------------------------------------
 
 def test_presets_are_registered_objects_with_their_rules():
-    assert list_presets() == ["bottlenetpp", "bnpp"]
+    assert list_presets() == ["bottlenetpp", "bnpp", "entropy"]
     with pytest.raises(CodecError, match="unknown codec preset 'bnp'") as e:
         get_preset("bnp")
     assert "bnpp" in e.value.hint
