@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import signal
+import shutil
 import socket
 import statistics
 import subprocess
@@ -252,11 +253,19 @@ def fault_client(role: str, port: int, request: bytes, done: threading.Event, ta
 
 
 def run(args) -> dict:
+    """The fault run in a scratch directory that is removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix="bnpp_faults_"))
+    try:
+        return measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args, work: Path) -> dict:
     from bnpp_cli.deploy.halves import load_device_dir, load_edge_dir
     from bnpp_cli.deploy.protocol import MAGIC, Request, encode_request
 
     torch.manual_seed(args.seed)
-    work = Path(tempfile.mkdtemp(prefix="bnpp_faults_"))
     deploy = args.deploy or tiny_deploy(work, args.seed)
     device, edge = load_device_dir(deploy), load_edge_dir(deploy)
     g = torch.Generator().manual_seed(args.seed)
