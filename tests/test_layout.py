@@ -19,6 +19,8 @@ from bnpp_cli.codec.presets import CodecPreset, get_preset, list_presets, regist
 from bnpp_cli.configs import from_dict, to_dict
 from bnpp_cli.data.batching import BatchTransform
 from bnpp_cli.deploy.export import export_halves
+from bnpp_cli.deploy.halves import load_device
+from bnpp_cli.link import wire
 from bnpp_cli.deploy.predict import predict
 from bnpp_cli.errors import ChannelError, CodecError, ConfigError, RunError
 from bnpp_cli.link.channels import CHANNELS, create_channel, list_channels
@@ -219,6 +221,7 @@ def test_every_channel_and_preset_fits_exports_and_predicts(fitted, tmp_path, ch
     test_cond = {"none": None, "bec": 0.05, "bsc": 0.02}.get(channel, 10.0)
     preds = predict(tmp_path / "deploy", paths, condition=test_cond, topk=3, seed=3)
     run = load_run(run_dir)
+    device = load_device(res.device_path)
     assert run.codec_config.preset == preset and run.pipeline.channel.name == channel
     dc = run.config.data_config
     xs = BatchTransform(dc["mean"], dc["std"], augment=False)(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
@@ -229,4 +232,10 @@ def test_every_channel_and_preset_fits_exports_and_predicts(fitted, tmp_path, ch
         p, k = ref.topk(3)
         assert [c for c, _ in pred.top] == [run.config.classes[j] for j in k.tolist()]
         assert [v for _, v in pred.top] == pytest.approx(p.tolist(), abs=1e-6)
-        assert pred.frame_bytes == res.payload_bytes + res.header_bytes
+        with torch.no_grad():
+            frame = device.compress(xs[i:i + 1], param)  # the image's own frame (an entropy code's size varies)
+        assert pred.frame_bytes == len(frame) and pred.payload_bytes == len(frame) - wire.peek_header(frame)[0]
+        if res.frame_bytes is not None:  # fixed-length codes: what export announced
+            assert pred.frame_bytes == res.frame_bytes == res.payload_bytes + res.header_bytes
+        else:
+            assert run.codec_config.preset == "entropy" and pred.frame_bytes < 48 + 4 * run.codec_config.code_symbols

@@ -166,8 +166,12 @@ def render_export(r) -> None:
             console.print(f"int8 device: {q['path']} ({q['file_bytes'] / 1e6:.2f} MB vs {q['float_file_bytes'] / 1e6:.2f} MB "
                           f"float), calibrated on {q['calib_images']} images; top-1 agreement with the float "
                           f"device half on them {q['top1_agreement_calib']:.2%}")
-    console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image: payload "
-                  f"{r.payload_bytes} bytes of {kind} + {r.header_bytes}-byte wire header = {r.frame_bytes}-byte frame")
+    if r.payload_bytes is None:
+        console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image, entropy-coded: its "
+                      f"payload varies per image (bnpp eval measures bits and bytes per image)")
+    else:
+        console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image: payload "
+                      f"{r.payload_bytes} bytes of {kind} + {r.header_bytes}-byte wire header = {r.frame_bytes}-byte frame")
 
 
 def render_remote_predictions(results) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..codec.entropy import find_tables
 from ..errors import ExportError
+from ..codec.presets import get_preset
 from ..link.transmit import header_bytes, payload_bytes
 from ..run.pipeline import build_pipeline, load_run
 from .bundle import DEVICE_FILE, EDGE_FILE, pair_id, write_half
@@ -61,9 +62,9 @@ class ExportResult:
     edge_params: int
     pair_id: str
     code_shape: list[int]
-    payload_bytes: int  # code bytes per image, as the wire format sends them (wire header excluded)
-    header_bytes: int  # the wire frame's header; frame = payload + header (frame_bytes)
-    frame_bytes: int
+    payload_bytes: int | None  # code bytes per image, as the wire format sends them (wire header excluded);
+    header_bytes: int | None  # the wire frame's header; frame = payload + header (frame_bytes);
+    frame_bytes: int | None  # all three None for an entropy code, whose sizes vary per image (eval measures them)
     digital: bool
     onnx: dict[str, Any] | None = None  # paths, sizes, opset, the ONNX Runtime check, int8
 
@@ -101,15 +102,16 @@ def export_run(config: ExportConfig) -> ExportResult:
     halves = (DeviceHalf(head, p.codec.encoder, meta, p.channel).eval(),
               EdgeHalf(p.codec.decoder, tail, meta, p.channel).eval())
     onnx = _export_onnx(config, run, halves, pair) if config.format in ("onnx", "all") else None
+    variable = get_preset(p.codec.config.preset).entropy_coded  # one range-coded stream per image
     return ExportResult(
         device_path=str(paths["device"]) if paths else None, edge_path=str(paths["edge"]) if paths else None,
         device_bytes=paths["device"].stat().st_size if paths else None,
         edge_bytes=paths["edge"].stat().st_size if paths else None,
         device_params=sum(t.numel() for m in (head, p.codec.encoder) for t in m.parameters()),
         edge_params=sum(t.numel() for m in (p.codec.decoder, tail) for t in m.parameters()),
-        pair_id=pair, code_shape=code_shape, payload_bytes=payload_bytes(code_shape, p.channel),
-        header_bytes=header_bytes(code_shape),
-        frame_bytes=header_bytes(code_shape) + payload_bytes(code_shape, p.channel),
+        pair_id=pair, code_shape=code_shape, payload_bytes=None if variable else payload_bytes(code_shape, p.channel),
+        header_bytes=None if variable else header_bytes(code_shape),
+        frame_bytes=None if variable else header_bytes(code_shape) + payload_bytes(code_shape, p.channel),
         digital=bool(p.channel.digital), onnx=onnx,
     )
 

@@ -34,6 +34,7 @@ from ..data.batching import BatchTransform
 from ..data.datasets import IMAGE_EXTENSIONS, read_image
 from ..errors import BnppError, DataError, ExportError
 from ..link.config import select_condition
+from ..link import wire
 from ..link.transmit import header_bytes, payload_bytes
 
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")  # -int8: device.int8.onnx with edge.onnx
@@ -57,7 +58,7 @@ class PredictResult:
     predictions: list[Prediction]
     runtime: str
     batch_size: int
-    payload_bytes: int  # per image, as in each Prediction
+    payload_bytes: int  # per image, as in each Prediction (their mean for an entropy code, whose sizes vary)
     wire_header_bytes: int
     frame_bytes: int
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # device/edge: median, min, max per image
@@ -140,19 +141,26 @@ def predict_images(deploy_dir: str | Path, images: Sequence[str | Path], conditi
         _run_batch(device, edge, x_all[:batch_size], param, seed, 0)  # warm-up, not timed
         for first in range(0, len(paths), batch_size):
             x = x_all[first:first + batch_size]
-            probs, device_ms, edge_ms = _run_batch(device, edge, x, param, seed, first)
+            probs, device_ms, edge_ms, sizes = _run_batch(device, edge, x, param, seed, first)
             times["device"].append(device_ms / len(x))
             times["edge"].append(edge_ms / len(x))
             for i, row in enumerate(probs.softmax(1)):
                 p, k = row.topk(min(topk, row.numel()))
+                head, total = sizes[i]
                 out.append(Prediction(str(paths[first + i]), [(classes[j], float(v)) for v, j in zip(p, k.tolist())],
-                                      payload, payload + header, times["device"][-1], times["edge"][-1]))
+                                      total - head, total, times["device"][-1], times["edge"][-1]))
     latency = {side: {"median": statistics.median(t), "min": min(t), "max": max(t)} for side, t in times.items()}
+    if len({r.frame_bytes for r in out}) > 1:  # an entropy code: sizes per image, the mean here
+        payload = round(statistics.fmean(r.payload_bytes for r in out))
+        header = round(statistics.fmean(r.frame_bytes - r.payload_bytes for r in out))
+    elif out:
+        payload, header = out[0].payload_bytes, out[0].frame_bytes - out[0].payload_bytes
     return PredictResult(out, runtime, batch_size, payload, header, payload + header, latency)
 
 
 def _run_batch(device, edge, x: torch.Tensor, param: float, seed: int, first: int):
-    """Logits of a batch through one wire frame per image; (logits, device ms, edge ms)."""
+    """Logits of a batch through one wire frame per image; (logits, device ms, edge ms, each frame's
+    (header bytes, frame bytes)), the sizes read from the frames themselves (an entropy code's vary)."""
     t0 = time.perf_counter()
     z = device(x, param)
     frames = [device.payload(z[i:i + 1]) for i in range(len(x))]
@@ -160,7 +168,7 @@ def _run_batch(device, edge, x: torch.Tensor, param: float, seed: int, first: in
     z_hat = edge.air(torch.cat([edge.receive(f) for f in frames]), param, seed, first)
     logits = edge(z_hat, param)
     t2 = time.perf_counter()
-    return logits, 1e3 * (t1 - t0), 1e3 * (t2 - t1)
+    return logits, 1e3 * (t1 - t0), 1e3 * (t2 - t1), [wire.peek_header(f) for f in frames]
 
 
 def predict(deploy_dir: str | Path, images: Sequence[str | Path], condition: float | None = None,
