@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnpp_cli import BackboneConfig, EvalConfig, FitConfig, evaluate_run, export_halves, fit_codec, load_device, load_edge
-from bnpp_cli.link.config import ChannelConfig
+from bnpp_cli import (BackboneConfig, ChannelConfig, EvalConfig, FitConfig, evaluate_run, export_halves, fit_codec,
+                      load_device, load_edge)
 
 shared = Path(__file__).resolve().parents[1].parent / "shared"
 work = Path("runs/example")
