@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,33 +37,9 @@ MODEL_KWARGS = {"patch_size": 4, "depth": 6}
 # the checkpoint was trained with ImageNet mean / std (its metadata and README), but timm's data config
 # for vit_tiny_patch16_224 says 0.5 / 0.5 (31 % top-1 instead of 60 %): timm's own way to correct a
 # model's data config is pretrained_cfg_overlay, a create_model kwarg (not expressible as --model-kwargs)
+from rate_accuracy import commit, encoder_macs, machine  # noqa: E402  (the grid benchmark's own)
+
 CFG_OVERLAY = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
-
-def machine() -> dict:
-    return {"cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except Exception:
-        return "unknown"
-
-
-def encoder_macs(run) -> int:
-    """MACs of a fitted run's encoder for one image (it runs on the device, after the head)."""
-    from bnpp_cli.split.macs import count_macs
-
-    encoder = run.pipeline.codec.encoder.eval()
-
-    class OneInput(torch.nn.Module):
-        def forward(self, f):
-            return encoder(f, 0.0)
-
-    return count_macs(OneInput(), torch.zeros(1, *run.config.feature_shape))
 
 
 def main() -> int:
