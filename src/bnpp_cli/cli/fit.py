@@ -66,6 +66,9 @@ class FitProgress:
                     val += f", {info['val_top1_worst']:.2%} at {worst}"
             self._line(f"{info['phase']} epoch {info['epoch'] + 1}: loss {info['train_loss']:.4f}, "
                        f"train top-1 {info['train_top1']:.2%}{val} ({info['seconds']:.0f} s)")
+        elif event == "features":
+            how = "computed" if info["built"] else "reused"
+            self._line(f"Feature cache: {how} for {info['rows']} images ({info['where']}, {info['build_s']:.1f} s)")
         elif event == "interrupted":
             self._stop_bar()
             where = "at its end" if info["batch"] is None else f"after batch {info['batch']}"
@@ -125,6 +128,12 @@ def fit(
     distill_temperature: Annotated[Optional[float], typer.Option(
         help="Softmax temperature of the distillation [preset's: bnpp 4].")] = None,
     augment: Annotated[bool, typer.Option(help="Random crop + flip.")] = True,
+    cache_features: Annotated[bool, typer.Option(
+        "--cache-features", help="Compute the frozen head's features and teacher logits once, not every "
+                                 "epoch (needs --no-augment, no --joint-epochs).")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="Keep that cache as memory-mapped .npy files here, for later fits of the same backbone, "
+             "split and images (implies --cache-features) [in memory].")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(
@@ -162,7 +171,8 @@ def fit(
         hidden_channels=hidden_channels, encoder_blocks=encoder_blocks, spatial_reduction=spatial_reduction,
         val_data=val_data, val_fraction=val_fraction, data_root=data_root, limit=limit, codec_epochs=codec_epochs,
         joint_epochs=joint_epochs, lr=lr, joint_lr=joint_lr, lr_schedule=lr_schedule, batch_size=batch_size,
-        distill=distill, distill_temperature=distill_temperature, lmbda=lmbda, augment=augment, device=device, seed=seed,
+        distill=distill, distill_temperature=distill_temperature, lmbda=lmbda, augment=augment,
+        feature_cache=str(cache_dir) if cache_dir is not None else cache_features, device=device, seed=seed,
         resume=resume, overwrite=overwrite, checkpoint_steps=checkpoint_steps,
         checkpoint_minutes=checkpoint_minutes or None,
     )

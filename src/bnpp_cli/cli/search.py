@@ -36,6 +36,9 @@ def search(
     preset: Annotated[str, typer.Option(help="Codec preset: bnpp or bottlenetpp.")] = "bnpp",
     batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size [preset's].")] = None,
     augment: Annotated[bool, typer.Option(help="Random crop + flip in the fits.")] = True,
+    cache_features: Annotated[Optional[bool], typer.Option(
+        "--cache-features/--no-cache-features",
+        help="Compute each split's frozen-head features once, under DIR/features [on with --no-augment].")] = None,
     draws: Annotated[int, typer.Option(help="Noise draws per measurement.")] = 2,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     plot: Annotated[Optional[Path], typer.Option(help="Write the picture (PNG): MACs vs bits, drop as colour.")] = None,
@@ -71,7 +74,7 @@ def search(
         auto_splits=auto_splits, rates=rates, bits_per_image=bits_per_image is not None, max_drop=max_drop,
         budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs),
         val_data=val_data, val_fraction=val_fraction, first_images=first_images, first_epochs=first_epochs, eta=eta,
-        rounds=rounds, preset=preset, batch_size=batch_size, augment=augment, draws=draws, device=device, seed=seed)
+        rounds=rounds, preset=preset, batch_size=batch_size, augment=augment, feature_cache=cache_features, draws=draws, device=device, seed=seed)
     result = search_split_rate(config, callback=SearchProgress())
     write_json_output(json_path, result.to_dict())
     if plot is not None:

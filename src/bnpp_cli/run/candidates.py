@@ -40,6 +40,7 @@ class Measured:
     fit_seconds: float
     latency_ms: float  # under the search's budget
     run: str  # the run directory: `bnpp eval` and `bnpp export` take it
+    features_s: float = 0.0  # feature cache seconds (build and key) this candidate paid besides fit_seconds
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -50,6 +50,10 @@ class FitConfig:
     distill_temperature: float | None = None  # softmax temperature T of that KL (scaled by T^2); None: recipe
     lmbda: float | None = None  # entropy preset: rate weight, loss += lmbda x bits per image; None: the recipe
     augment: bool = True  # random crop + flip: the CIFAR convention, and what timm's train.py does
+    # phase codec without augmentation: the frozen head's features and teacher logits computed once
+    # (run.features). False: off; True: in memory; a directory: memory-mapped .npy files kept there
+    # and shared by later fits of the same backbone, split, images and normalisation
+    feature_cache: bool | str = False
     device: str = "cpu"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     seed: int = 0

@@ -38,6 +38,8 @@ from ..split.backbone import load_backbone
 from ..split.graph import split_model, trace_model
 from . import distributed
 from .config import FitConfig, RunConfig
+from .features import FeatureCache, check_fit, for_fit
+from .lengths import calibrate_lengths
 from .loop import Callback, EpochSpec, make_optimizer, set_trainable, train_epoch, validate
 from .pipeline import SplitPipeline, build_pipeline
 from .rundir import CONFIG_FILE, RunDir
@@ -57,6 +59,7 @@ class FitResult:
     epochs: list[dict[str, Any]]
     seconds: float
     validation: dict[str, Any] = field(default_factory=dict)  # where the validation images came from
+    features: dict[str, Any] | None = None  # the feature cache: built or reused, rows, seconds (None: off)
 
 
 def _noop(event: str, info: dict[str, Any]) -> None:
@@ -70,6 +73,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     run_dir = RunDir(config.out)
     _check_out(run_dir, config)
     _check_numbers(config)
+    check_fit(config, world)
     _check_data_paths(config)  # before any model is built: a typo costs no minutes
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -96,6 +100,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
         check_labels(val_set, num_classes)
     else:
         train_set, val_set = split_train_val(train_set, config.val_fraction, config.seed)
+    source = train_set  # the images before --limit (a feature cache holds a prefix of them)
     if config.limit is not None:
         train_set = torch.utils.data.Subset(train_set, range(min(config.limit, len(train_set))))
     head, _ = split_model(traced, point)
@@ -114,8 +119,12 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     )
     torch.manual_seed(config.seed)
     pipeline, _ = build_pipeline(backbone.model, run_config, traced)
-    trainer = _Trainer(config, run_config, run_dir, backbone.model, pipeline.to(device), train_set, val_set,
-                       callback, rank, world)
+    pipeline = pipeline.to(device)
+    features = for_fit(config, run_config, backbone.model, pipeline, source, len(train_set), device)
+    if features is not None:
+        callback("features", dict(features.info))  # built or reused, rows, seconds
+    trainer = _Trainer(config, run_config, run_dir, backbone.model, pipeline, train_set, val_set,
+                       callback, rank, world, features)
     trainer.validation = _validation_source(config, val_set, backbone.weights)
     return trainer.run()
 
@@ -254,8 +263,10 @@ class _Trainer:
     """Phases and epochs around the loop: optimizers, checkpoints and the run directory's files."""
 
     def __init__(self, config: FitConfig, run_config: RunConfig, run_dir: RunDir, model: nn.Module,
-                 pipeline: SplitPipeline, train_set, val_set, callback: Callback, rank: int, world: int):
+                 pipeline: SplitPipeline, train_set, val_set, callback: Callback, rank: int, world: int,
+                 features: FeatureCache | None = None):
         self.c, self.rc, self.dir, self.model, self.pipeline = config, run_config, run_dir, model, pipeline
+        self.features = features  # phase codec reads the head's features from it (loop.train_epoch)
         self.train_set, self.val_set, self.cb = train_set, val_set, callback
         self.rank, self.world = rank, world
         self.device = torch.device(config.device)
@@ -308,7 +319,8 @@ class _Trainer:
                                  self.c.distill_temperature, self.c.amp, self.rank, self.world, self.c.lmbda)
                 after = lambda pos, ph=ph, step=step, epoch=epoch: self._after_batch(
                     pos, stop, ph, epoch, step, optimizer, scheduler)
-                record = train_epoch(spec, self.pipeline, forward, self.teacher, self.train_set, self.train_tf,
+                images = self.features if self.features is not None else self.train_set
+                record = train_epoch(spec, self.pipeline, forward, self.teacher, images, self.train_tf,
                                      optimizer, scheduler, self.device, self.cb, resume=position, after_batch=after)
                 position = None
                 if self.rank == 0:
@@ -322,10 +334,14 @@ class _Trainer:
         seconds = time.perf_counter() - t0
         if self.rank == 0:
             update_tables(self.pipeline.codec)  # an entropy code's integer tables, fixed from here on
+            lengths = calibrate_lengths(self.pipeline, self.val_set, self.eval_tf, self.device)  # variable-length codes
+            if lengths:
+                self.validation["length_table"] = lengths
             self.dir.write_final(self.pipeline.codec.state_dict(),
                                  self.model.state_dict() if self.c.joint_epochs > 0 else None, seconds, self.epochs,
                                  self.validation)
-        return FitResult(str(self.dir), self.rc, self.epochs, seconds, self.validation)
+        return FitResult(str(self.dir), self.rc, self.epochs, seconds, self.validation,
+                         self.features.info if self.features is not None else None)
 
     def _after_batch(self, position, stop: _StopRequest, phase: str, epoch: int, step: int,
                      optimizer, scheduler) -> None:

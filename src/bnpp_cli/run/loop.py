@@ -23,6 +23,8 @@ from torch import nn
 
 from ..codec.entropy import find_prior
 from ..data.batching import BatchTransform, make_loader
+from ..errors import RunError
+from .features import FeatureCache
 
 Callback = Callable[[str, dict[str, Any]], None]  # (event, info): "phase", "epoch_start", "batch", "epoch",
 # "checkpoint", "interrupted"
@@ -95,9 +97,16 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
     Mid-epoch durability: after every optimizer step, ``after_batch(position)`` is called, where
     ``position()`` returns the epoch's state at that batch boundary (batches done, the generators'
     states, the running sums). ``resume=position`` continues the epoch from there: the same batches,
-    the same noise and augmentation draws, so the epoch ends exactly as an uninterrupted one."""
-    loader = make_loader(train_set, spec.batch_size, shuffle=True, seed=spec.seed, drop_last=True,
-                         distributed=spec.world > 1)
+    the same noise and augmentation draws, so the epoch ends exactly as an uninterrupted one.
+
+    ``train_set`` may be a features.FeatureCache of the training images (phase codec, no
+    augmentation): the same batches, noise draws and steps, with the frozen head's forward (and the
+    teacher's) read from it instead of computed."""
+    cache = train_set if isinstance(train_set, FeatureCache) else None
+    if cache is not None and spec.phase != "codec":
+        raise RunError("a feature cache serves phase codec only (phase joint trains the head)")
+    loader = make_loader(cache.positions if cache is not None else train_set, spec.batch_size, shuffle=True,
+                         seed=spec.seed, drop_last=True, distributed=spec.world > 1)
     loader.set_epoch(spec.step)
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + spec.step * 31 + spec.rank)
     aug_gen = torch.Generator().manual_seed(spec.seed * 104729 + spec.step * 17 + spec.rank)
@@ -125,14 +134,19 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
                 "seconds": before_s + time.perf_counter() - t0}
 
     for x, y in itertools.islice(loader, start, None):  # the batches already done are skipped
-        x = transform(x, generator=aug_gen).to(device, non_blocking=True)
+        if cache is not None:  # x: the batch's row numbers in the cache
+            f, target = cache.batch(x, device)
+            target = target if spec.distill > 0 else None
+        else:
+            x = transform(x, generator=aug_gen).to(device, non_blocking=True)
         y = y.to(device)
-        param = channel.sample_param(x.shape[0], generator=gen, device=device)
+        param = channel.sample_param(y.shape[0], generator=gen, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if spec.phase == "codec":
-                with torch.no_grad():
-                    f = pipeline.head(x)
-                    target = pipeline.tail(f) if spec.distill > 0 else None
+                if cache is None:
+                    with torch.no_grad():
+                        f = pipeline.head(x)
+                        target = pipeline.tail(f) if spec.distill > 0 else None
                 logits = forward(f, param, gen, True)
             else:
                 with torch.no_grad():

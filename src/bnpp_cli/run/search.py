@@ -10,6 +10,8 @@
     DIR/search.json               the summary, rewritten atomically after every candidate
     DIR/val.npz                   the validation images (when they are held out of --data)
     DIR/candidates/NAME/          each candidate is a bnpp run: `bnpp eval` and `bnpp export` take it
+    DIR/features/                 the frozen head's features and teacher logits (run.features), when the
+                                  fits run without augmentation: computed once per split and images
 
 Finished fits are reused (their measurement too, kept in search.json); a fit stopped half way
 resumes from its checkpoint, so an interrupted search picks up where it stopped. The library never
@@ -46,6 +48,7 @@ from .pipeline import load_run
 from .rundir import RunDir
 
 SEARCH_FILE = "search.json"
+FEATURES_DIR = "features"  # the feature cache's entries (run.features), one per split and images
 VAL_FILE = "val.npz"
 SEARCH_SCHEMA = 1
 Callback = Callable[[str, dict[str, Any]], None]
@@ -73,6 +76,7 @@ class SearchConfig:
     preset: str = "bnpp"
     batch_size: int | None = None  # None: the preset's recipe
     augment: bool = True  # as bnpp fit
+    feature_cache: bool | None = None  # None: on when augment is off (DIR/features, shared by a split's candidates)
     draws: int = 2  # noise draws per measurement: the drop's spread is a few tenths at 2,500 images
     device: str = "cpu"
     seed: int = 0
@@ -123,6 +127,7 @@ def search_split_rate(config: SearchConfig, callback: Callback = _noop) -> Searc
     """Short fits of every (split, rate), more budget to the promising, measured on validation images."""
     t0 = time.perf_counter()
     _check(config)
+    _caching(config)
     out = Path(config.out)
     state = _read_state(out, config)
     channel = config.channel.build()
@@ -260,7 +265,7 @@ def _read_state(out: Path, config: SearchConfig) -> dict[str, Any]:
     """search.json of a search of the same model, data and channel (to resume), or a new state."""
     path = out / SEARCH_FILE
     if not path.is_file():
-        if out.is_dir() and any(p.name not in ("candidates", VAL_FILE) for p in out.iterdir()):
+        if out.is_dir() and any(p.name not in ("candidates", VAL_FILE, FEATURES_DIR) for p in out.iterdir()):
             raise RunError(f"--out {out} holds files that are not a bnpp search's (no {SEARCH_FILE})",
                            hint="choose an empty or new directory")
         return {"schema": SEARCH_SCHEMA, "status": "running", "config": config.to_dict()}
@@ -306,15 +311,18 @@ def _measure(config: SearchConfig, point: dict[str, Any], rate: float, r: int, i
              name: str, out: Path, val_path: str, target: float | None, total_macs: int, channel) -> Measured:
     """Fit one candidate (or reuse / resume its run), then measure it on the validation images."""
     run_dir = RunDir(out / "candidates" / name)
+    features_s = 0.0  # the feature cache's build (and key) seconds this candidate paid, apart from its fit
     ratio = rate_to_ratio(rate, point["elements"], channel.bits if channel.digital else None, config.bits_per_image)
     if not run_dir.finished:
         fit = FitConfig(backbone=config.backbone, split=point["name"], data=config.data, out=str(run_dir),
                         channel=config.channel, ratio=ratio, preset=config.preset, val_data=config.val_data,
                         val_fraction=config.val_fraction, data_root=config.data_root, limit=images,
                         codec_epochs=epochs, batch_size=config.batch_size, augment=config.augment,
+                        feature_cache=str(out / FEATURES_DIR) if _caching(config) else False,
                         device=config.device, seed=config.seed, resume=run_dir.has_checkpoint,
                         overwrite=not run_dir.has_checkpoint and not run_dir.is_empty())
-        fit_codec(fit)
+        features = fit_codec(fit).features or {}
+        features_s = features.get("build_s", 0.0) + features.get("key_s", 0.0)
     run = load_run(run_dir.path)
     pipeline = run.pipeline.eval()
     with torch.no_grad():
@@ -334,7 +342,15 @@ def _measure(config: SearchConfig, point: dict[str, Any], rate: float, r: int, i
                     device_macs=device_macs, edge_macs=edge_macs, symbols=ev.code_symbols, bits_per_image=bits,
                     bandwidth_ratio=ev.bandwidth_ratio, val_top1=top1, val_drop=100 * (ev.backbone_top1 - top1),
                     fit_seconds=float(metrics.get("seconds", 0.0)), run=str(run_dir),
-                    latency_ms=latency_ms(device_macs, bits, edge_macs, config.budget))
+                    latency_ms=latency_ms(device_macs, bits, edge_macs, config.budget), features_s=features_s)
+
+
+def _caching(config: SearchConfig) -> bool:
+    """Does the search's fits use the feature cache (they can only without augmentation)?"""
+    if config.feature_cache and config.augment:
+        raise BnppError("--cache-features needs fixed inputs: it cannot be combined with --augment",
+                        hint="add --no-augment")
+    return config.feature_cache if config.feature_cache is not None else not config.augment
 
 
 def _plan(n: int, config: SearchConfig) -> list[int]:
