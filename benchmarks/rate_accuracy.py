@@ -173,12 +173,12 @@ def main() -> int:
     from bnpp_cli.split.macs import node_macs
     from bnpp_cli.data.batching import BatchTransform, make_loader
     from bnpp_cli.data.datasets import load_dataset
-    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
     from bnpp_cli.link.config import ChannelConfig
-    from bnpp_cli.run.pipeline import load_run
     from bnpp_cli.run.rundir import RunDir
     from bnpp_cli.split.graph import split_model, trace_model
-    from bnpp_cli.run.fit import FitConfig, fit_codec
+    from bnpp_cli.errors import CodecError
+    from bnpp_cli.run.config import FitConfig
+    from bnpp_cli.run.measure import fit_and_measure
 
     quick = args.quick
     splits = args.splits.split(",") if args.splits else (["layer2", "layer3"] if quick else
@@ -288,20 +288,14 @@ def main() -> int:
                     if why:  # fitted with other defaults: fit again rather than report an old codec
                         print(f"{name}: earlier fit is stale ({why}); fitting again", flush=True)
                         shutil.rmtree(runs / name)
-                    if done and not why:  # finished before with the same recipe and codec: reuse, and say so
-                        reused.append(name)
-                    else:
-                        fit_codec(cfg)
-                except Exception as e:  # an infeasible ratio at this split (e.g. C' < 1)
+                    # the search's step: fit (or reuse the finished run, or resume), then measure
+                    trial = fit_and_measure(cfg, str(data_dir / "test.npz"), eval_conds, draws, limit=test_limit)
+                except CodecError as e:  # an infeasible ratio at this split (e.g. C' < 1)
                     print(f"{name}: skipped ({e})", flush=True)
                     continue
-                run = load_run(runs / name)
-                metrics = RunDir(runs / name).read_metrics()
-                fit_seconds = metrics["seconds"]
-                enc_macs = encoder_macs(run)  # before evaluate_run moves the pipeline to --device
-                ev = evaluate_run(EvalConfig(run=str(runs / name), data=str(data_dir / "test.npz"),
-                                             conditions=eval_conds, draws=draws, limit=test_limit,
-                                             device=args.device, seed=args.seed), run=run)
+                if trial.reused:  # finished before with the same recipe and codec: reused, and said so
+                    reused.append(name)
+                metrics, fit_seconds, enc_macs, ev = trial.metrics, trial.fit_seconds, trial.encoder_macs, trial.evaluation
                 # analog rows: payload counted as float32 symbols; digital rows: 8-bit symbols
                 bits = 8 * ev.code_symbols if channel == "bec" else 32 * ev.code_symbols
                 label = "bottlenetpp-faithful" if method == "faithful" else "bnpp-best"

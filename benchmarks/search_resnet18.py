@@ -9,6 +9,8 @@ the recommendation with the full benchmark grid (benchmarks/README.md: the earli
 
     python benchmarks/search_resnet18.py                 # -> benchmarks/results/search_resnet18.{json,png}
     python benchmarks/search_resnet18.py --name X ...    # another results name (and search directory)
+    python benchmarks/search_resnet18.py --no-augment --name search_resnet18_cached \
+        --compare benchmarks/results/search_resnet18.json   # fits from the feature cache, drops side by side
 
 The candidates' runs go to runs/search_resnet18 (not committed); a second invocation reuses them.
 """
@@ -16,8 +18,10 @@ The candidates' runs go to runs/search_resnet18 (not committed); a second invoca
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -65,6 +69,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--draws", type=int, default=2)
     ap.add_argument("--test-draws", type=int, default=2)
+    ap.add_argument("--no-augment", dest="augment", action="store_false",
+                    help="fits without random crop + flip: the feature cache serves them (DIR/features)")
+    ap.add_argument("--compare", default=None,
+                    help="a results JSON of the same search with augmentation: per-candidate validation drops side by side")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -78,7 +86,7 @@ def main() -> None:
         data=str(data / "train.npz"), out=str(out), channel=ChannelConfig("awgn", args.snr),
         splits=args.splits.split(","), rates=[float(r) for r in args.ratios.split(",")], max_drop=args.max_drop,
         budget=Budget(), first_images=args.first_images, first_epochs=args.first_epochs, eta=args.eta,
-        rounds=args.rounds, draws=args.draws, device=args.device, seed=args.seed)
+        rounds=args.rounds, augment=args.augment, draws=args.draws, device=args.device, seed=args.seed)
 
     def progress(event: str, info: dict) -> None:
         if event == "candidate":
@@ -112,6 +120,20 @@ def main() -> None:
             "within_10_percent_of_grid_earliest": rec["device_macs"] <= 1.1 * GRID_EARLIEST["device_macs"],
             "search_under_30_min": search_s <= 1800},
     }
+    cands = result.candidates
+    summary["fit_seconds_total"] = sum(c["fit_seconds"] for c in cands)
+    summary["feature_cache_seconds_total"] = sum(c.get("features_s", 0.0) for c in cands)
+    if args.compare:  # the same candidates (same names: split, rate, images, epochs), on the same validation images
+        other = {c["name"]: c for c in json.loads(Path(args.compare).read_text())["search"]["candidates"]}
+        pairs = [{"name": c["name"], "val_drop": c["val_drop"], "other_val_drop": other[c["name"]]["val_drop"],
+                  "fit_seconds": c["fit_seconds"], "other_fit_seconds": other[c["name"]]["fit_seconds"]}
+                 for c in cands if c["name"] in other]
+        summary["compare"] = {"file": args.compare, "pairs": pairs,
+                              "mean_val_drop_difference": statistics.mean(p["val_drop"] - p["other_val_drop"]
+                                                                           for p in pairs) if pairs else None}
+        for p in pairs:
+            print(f"{p['name']}: val drop {p['val_drop']:.2f} here, {p['other_val_drop']:.2f} there; "
+                  f"fit {p['fit_seconds']:.0f} s vs {p['other_fit_seconds']:.0f} s")
     results = REPO / "benchmarks" / "results"
     write_json(results / f"{args.name}.json", summary)
     plot_search(result, str(results / f"{args.name}.png"))

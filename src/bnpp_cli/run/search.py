@@ -2,9 +2,9 @@
 
     search_split_rate(SearchConfig) -> SearchResult      read_search(DIR) -> SearchResult (finished)
       trace the model, count each split's MACs -> the validation images (those every fit holds out)
-      -> baselines on them (label on device, image to edge) -> round 0: a short fit_codec of every
-      (split, rate) -> evaluate_run on the validation images at the target condition -> promote
-      about 1/eta (candidates.promote) -> round r: eta^r times the budget ... -> Pareto set and
+      -> baselines on them (label on device, image to edge) -> round 0: a short fit of every
+      (split, rate), measured on the validation images at the target condition (measure.fit_and_measure)
+      -> promote about 1/eta (candidates.promote) -> round r: eta^r times the budget ... -> Pareto set and
       the recommendation under the budget (the fastest within --max-drop, never one over it)
 
     DIR/search.json               the summary, rewritten atomically after every candidate
@@ -36,16 +36,13 @@ from ..files import write_json
 from ..link.config import ChannelConfig
 from ..split.backbone import BackboneConfig, load_backbone
 from ..split.graph import trace_model
-from ..split.macs import count_macs, node_macs
+from ..split.macs import node_macs
 from ..split.profile import Budget
 from . import baselines as bl
 from .candidates import Measured, choose_splits, latest, latency_ms, pareto, promote, rate_to_ratio, recommend, \
     round_budget
 from .config import FitConfig
-from .evaluate import EvalConfig, evaluate_run
-from .fit import fit_codec
-from .pipeline import load_run
-from .rundir import RunDir
+from .measure import fit_and_measure
 
 SEARCH_FILE = "search.json"
 FEATURES_DIR = "features"  # the feature cache's entries (run.features), one per split and images
@@ -310,39 +307,24 @@ def _name(split: str, rate: float, per_image: bool, images: int, epochs: int) ->
 def _measure(config: SearchConfig, point: dict[str, Any], rate: float, r: int, images: int, epochs: int,
              name: str, out: Path, val_path: str, target: float | None, total_macs: int, channel) -> Measured:
     """Fit one candidate (or reuse / resume its run), then measure it on the validation images."""
-    run_dir = RunDir(out / "candidates" / name)
-    features_s = 0.0  # the feature cache's build (and key) seconds this candidate paid, apart from its fit
     ratio = rate_to_ratio(rate, point["elements"], channel.bits if channel.digital else None, config.bits_per_image)
-    if not run_dir.finished:
-        fit = FitConfig(backbone=config.backbone, split=point["name"], data=config.data, out=str(run_dir),
-                        channel=config.channel, ratio=ratio, preset=config.preset, val_data=config.val_data,
-                        val_fraction=config.val_fraction, data_root=config.data_root, limit=images,
-                        codec_epochs=epochs, batch_size=config.batch_size, augment=config.augment,
-                        feature_cache=str(out / FEATURES_DIR) if _caching(config) else False,
-                        device=config.device, seed=config.seed, resume=run_dir.has_checkpoint,
-                        overwrite=not run_dir.has_checkpoint and not run_dir.is_empty())
-        features = fit_codec(fit).features or {}
-        features_s = features.get("build_s", 0.0) + features.get("key_s", 0.0)
-    run = load_run(run_dir.path)
-    pipeline = run.pipeline.eval()
-    with torch.no_grad():
-        f = pipeline.head(torch.zeros(1, *run.config.data_config["input_size"]))
-        z = pipeline.codec.encoder(f, 0.0)
-    encoder_macs = count_macs(pipeline.codec.encoder, f, 0.0)
-    decoder_macs = count_macs(pipeline.codec.decoder, z, 0.0)
-    ev = evaluate_run(EvalConfig(run=str(run_dir), data=val_path, conditions=[target] if target is not None else None,
-                                 draws=config.draws, data_root=config.data_root, device=config.device,
-                                 seed=config.seed), run=run)
+    fit = FitConfig(backbone=config.backbone, split=point["name"], data=config.data,
+                    out=str(out / "candidates" / name), channel=config.channel, ratio=ratio, preset=config.preset,
+                    val_data=config.val_data, val_fraction=config.val_fraction, data_root=config.data_root,
+                    limit=images, codec_epochs=epochs, batch_size=config.batch_size, augment=config.augment,
+                    feature_cache=str(out / FEATURES_DIR) if _caching(config) else False,
+                    device=config.device, seed=config.seed)
+    t = fit_and_measure(fit, val_path, [target] if target is not None else None, config.draws)
+    ev = t.evaluation
     top1 = ev.results[0]["top1_mean"] if ev.results else ev.noiseless_top1
     bits = ev.code_symbols * (ev.bits or 32)  # analog symbols as float32 on the wire
-    device_macs = point["head_macs"] + encoder_macs
-    edge_macs = total_macs - point["head_macs"] + decoder_macs
-    metrics = run_dir.read_metrics() or {}
+    device_macs = point["head_macs"] + t.encoder_macs
+    edge_macs = total_macs - point["head_macs"] + t.decoder_macs
     return Measured(name=name, split=point["name"], rate=rate, round=r, images=images, epochs=epochs,
                     device_macs=device_macs, edge_macs=edge_macs, symbols=ev.code_symbols, bits_per_image=bits,
                     bandwidth_ratio=ev.bandwidth_ratio, val_top1=top1, val_drop=100 * (ev.backbone_top1 - top1),
-                    fit_seconds=float(metrics.get("seconds", 0.0)), run=str(run_dir),
-                    latency_ms=latency_ms(device_macs, bits, edge_macs, config.budget), features_s=features_s)
+                    fit_seconds=t.fit_seconds, run=t.run, features_s=t.features_s,
+                    latency_ms=latency_ms(device_macs, bits, edge_macs, config.budget))
 
 
 def _caching(config: SearchConfig) -> bool:
