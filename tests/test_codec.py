@@ -92,7 +92,7 @@ def test_token_features_need_their_layout(shape):
 
 
 def test_presets_and_activation_defaults():
-    assert set(list_presets()) == {"bottlenetpp", "bnpp", "entropy"}
+    assert set(list_presets()) == {"bottlenetpp", "bnpp", "entropy", "variable"}
     cfg = plan_codec((64, 8, 8), ratio=8)
     assert cfg.preset == "bnpp" and cfg.decoder_condition
     assert cfg.hidden_channels == default_hidden_channels(64, 8) == 64 and cfg.encoder_blocks == 1
@@ -222,4 +222,7 @@ def test_training_reduces_loss(preset, channel):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0]
+    if codec.config.variable_length:  # random prefixes of an i.i.d. feature: a short one restores little
+        assert sum(losses[-5:]) < 0.8 * sum(losses[:5])  # measured 0.71 (awgn), 0.70 (bec); bnpp's 0.51, 0.47
+    else:
+        assert losses[-1] < 0.6 * losses[0]

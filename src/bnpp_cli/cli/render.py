@@ -136,15 +136,21 @@ def render_eval(r) -> None:
     t.add_column("std", justify="right")
     t.add_column("draws", justify="right")
     t.add_column("drop vs backbone", justify="right")
-    t.add_row("uncut backbone", f"{r.backbone_top1:.2%}", "", "", "")
-    t.add_row("noiseless link", f"{r.noiseless_top1:.2%}", "", "", f"{100 * (r.backbone_top1 - r.noiseless_top1):.2f} pt")
+    vl = [""] if r.variable_length else []  # a variable-length code: the symbols sent at each condition
+    if vl:
+        t.add_column("symbols/image", justify="right")
+    t.add_row("uncut backbone", f"{r.backbone_top1:.2%}", "", "", "", *vl)
+    t.add_row("noiseless link", f"{r.noiseless_top1:.2%}", "", "", f"{100 * (r.backbone_top1 - r.noiseless_top1):.2f} pt", *vl)
     lo, hi = r.train_range
     for row in r.results:
         value = next(iter(row["condition"].values()))
         inside = lo is None or (lo <= value and (hi is None or value <= hi))
         t.add_row(row["label"] + ("" if inside else " *"), f"{row['top1_mean']:.2%}", f"{100 * row['top1_std']:.2f} pt", str(row["draws"]),
-                  f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt")
+                  f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt", *([str(row["symbols_per_image"])] if vl else []))
     console.print(t)
+    if vl and r.symbols_per_image_mean is not None:
+        console.print(f"Variable-length code: {r.symbols_per_image_mean:.1f} symbols/image on average over these "
+                      f"conditions (at most {r.code_symbols}; lengths from its table, chosen on validation images)")
     console.print(f"{r.images} test images; accuracies are top-1 on the data given.")
 
 

@@ -110,6 +110,11 @@ class CodecConfig:
         return (math.prod(self.map_code_shape) + self.layout.prefix_tokens * self.prefix_code_channels,)
 
     @property
+    def variable_length(self) -> bool:
+        """Every prefix of the code is a code, its length chosen per condition (the preset says; codec.variable)."""
+        return get_preset(self.preset).variable_length
+
+    @property
     def code_symbols(self) -> int:
         """Real channel symbols per image: C' H' W' (+ P k)."""
         return math.prod(self.code_shape)

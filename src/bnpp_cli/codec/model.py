@@ -30,6 +30,10 @@ The codec follows CompressAI's contract (``compressai/models/google.py``)::
                                                 simulated air interface (link.receiver), decoder
 
 The deploy halves are thin wrappers over these.
+
+A variable-length code (preset ``variable``, codec.variable) keeps a prefix of z: ``keep_prefix``
+zeroes the symbols past each image's length (random in training, the encoder's length table in eval),
+``compress`` sends that prefix as an (N, k) frame, and the decoder pads a received prefix back to K.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from .config import CodecConfig
 from .entropy import decode_entropy_frame, encode_entropy_frame, find_tables
 from .layers import Param, condition_plane
 from .presets import get_preset
+from .variable import LengthTable, air_prefix, pad_prefix, prefix_mask, sample_lengths, take_prefix
 
 
 class Encoder(nn.Module):
@@ -59,6 +64,8 @@ class Encoder(nn.Module):
         self.body = body
         if prefix_body is not None:  # only then: state dicts of runs without prefix tokens stay as they were
             self.prefix_body = prefix_body
+        if config.variable_length:  # only then, as above: the length per condition (codec.variable)
+            self.lengths = LengthTable(config.code_symbols)
 
     def forward(self, f: Tensor, param: Param) -> Tensor:
         cfg = self.config
@@ -91,6 +98,8 @@ class Decoder(nn.Module):
 
     def forward(self, z_hat: Tensor, param: Param | None = None) -> Tensor:
         cfg = self.config
+        if cfg.variable_length:  # a received prefix (N, k): zeros past k, where nothing was sent
+            z_hat = pad_prefix(z_hat, cfg.code_shape)
         if tuple(z_hat.shape[1:]) != cfg.code_shape:
             raise CodecError(f"code of shape {tuple(z_hat.shape)} does not match the codec's "
                              f"(N, {', '.join(map(str, cfg.code_shape))})")
@@ -131,21 +140,40 @@ class Codec(nn.Module):
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Returns {"z", "z_hat", "f_hat"}; no channel means a noiseless link."""
         z = self.encoder(f, param)
-        z_hat = z if channel is None else channel(z, param, generator=generator)
+        z_hat = self.keep_prefix(z if channel is None else channel(z, param, generator=generator), param)
         return {"z": z, "z_hat": z_hat, "f_hat": self.decoder(z_hat, param)}
+
+    def keep_prefix(self, z_hat: Tensor, param: Param) -> Tensor:
+        """A variable-length code: z_hat with each image's symbols past its length zeroed (training: a
+        random allowed length per image; eval: the length table's for ``param``). Others: z_hat."""
+        if not self.config.variable_length:
+            return z_hat
+        n, total = z_hat.shape[0], self.config.code_symbols
+        lengths = sample_lengths(n, total, z_hat.device) if self.training else self.encoder.lengths.lookup(param, n)
+        return prefix_mask(z_hat, lengths)
+
+    def symbols(self, param: float) -> int:
+        """Symbols sent per image at channel parameter ``param`` (the whole code unless variable-length)."""
+        return self.encoder.lengths.length(param) if self.config.variable_length else self.config.code_symbols
 
     def compress(self, f: Tensor, param: Param, channel: Channel, pair_id: str) -> bytes:
         """f (N, *feature) -> one wire frame of the N codes as ``channel`` sends them (an entropy
         code: one range-coded stream per image, codec.entropy)."""
         if find_tables(self.encoder) is not None:
             return encode_entropy_frame(self.encoder(f, param), self.encoder, pair_id)
-        return encode_code(self.encoder(f, param), channel, pair_id)
+        z = self.encoder(f, param)
+        if self.config.variable_length:  # an (N, k) frame: the prefix for this condition
+            z = take_prefix(z, self.symbols(float(param)))
+        return encode_code(z, channel, pair_id)
 
     def receive(self, frame: bytes, param: Param, channel: Channel, pair_id: str, seed: int = 0,
                 first_index: int = 0) -> Tensor:
         """Wire frame -> z_hat: the code as received over the simulated air interface."""
         if find_tables(self.decoder) is not None:
             return decode_entropy_frame(frame, self.decoder, pair_id, self.config.code_shape)
+        if self.config.variable_length:  # an (N, k) prefix; the decoder pads it
+            z = decode_code(frame, channel, pair_id, self.config.code_shape, prefix=True)
+            return air_prefix(channel, z, self.config.code_shape, param, seed, first_index)
         z = decode_code(frame, channel, pair_id, self.config.code_shape)
         return simulate(channel, z, param, seed, first_index)
 

@@ -23,6 +23,9 @@ a token sequence (the 1-D codec), 1 x 1 on a vector and on each prefix token (co
   code, its rate trained with `--lmbda`, range-coded: codec.entropy) and the decoder first holding
   the prior's integer tables. Coded over an error-free link (channel ``none``; a channel code at
   capacity is link.capacity's). Layouts without prefix tokens.
+- ``variable``: the bnpp layers and recipe, trained so that every prefix of the flattened code is a
+  code (nested dropout: each image keeps a random prefix); the length sent at each channel
+  condition comes from a table chosen on validation images after the fit (codec.variable).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class CodecPreset:
     hidden_width: Callable[[int, int], int] | None  # (C, C') -> inner width; None: no inner layer
     default_encoder_blocks: int | None  # residual blocks in the encoder; None: the preset has none
     entropy_coded: bool = False  # integer code with a learned prior and a real coder (codec.entropy)
+    variable_length: bool = False  # every prefix of the code is a code; its length follows the channel (codec.variable)
 
     def halves_thin_code(self, c: int, h: int, w: int, ratio: float) -> bool:
         """The preset's own stride-2 rule, beyond the paper's C / ratio < 1."""
@@ -163,3 +167,6 @@ ENTROPY = register_preset(CodecPreset(
     thin_code_channels=BNPP.thin_code_channels, decoder_condition=True, hidden_width=default_hidden_channels,
     default_encoder_blocks=BNPP.default_encoder_blocks, entropy_coded=True,
 ))
+
+
+VARIABLE = register_preset(replace(BNPP, name="variable", variable_length=True))

@@ -64,7 +64,7 @@ class BnppBackend(Backend):
             raise ServeError(f"frame holds {n} images: valid is 1 to {self.max_images}")
         cond = request.condition
         param = 0.0 if cond is None else self.edge.param_from_condition(cond)
-        z_hat = self.edge.air(z, param, request.seed, request.first_index)
+        z_hat = self.edge.pad(self.edge.air(z, param, request.seed, request.first_index))  # prefixes batch padded
         return z_hat, torch.full((n,), param, dtype=torch.float64)
 
     def forward(self, inputs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@
 
 An entropy-coded code (preset entropy) sends its range-coded streams instead (codec.entropy, wire
 version 2): the device codes with the integer tables in its encoder, the edge decodes with the copy
-in its decoder.
+in its decoder. A variable-length code (preset variable, codec.variable) sends the prefix its
+encoder's length table gives for the condition, an (N, k) frame; the edge's decoder pads it back.
 
 Rebuilding creates the timm architecture (random init, no download), traces and cuts it exactly as
 `bnpp fit` did (run.pipeline.build_pipeline), and loads the half's tensors strictly: the composed
@@ -25,6 +26,7 @@ from torch import nn
 
 from ..codec.config import CodecConfig
 from ..codec.entropy import decode_entropy_frame, encode_entropy_frame, find_tables
+from ..codec.variable import air_prefix, pad_prefix, take_prefix
 from ..errors import ExportError
 from ..link.channels import Channel
 from ..link.receiver import simulate
@@ -59,16 +61,24 @@ class DeviceHalf(_Half):
     def forward(self, x: torch.Tensor, param: float = 0.0) -> torch.Tensor:
         return self.encoder(self.head(x), param)
 
-    def payload(self, z: torch.Tensor) -> bytes:
+    def payload(self, z: torch.Tensor, param: float | None = None) -> bytes:
         """One wire frame for a code batch: float32 symbols (analog), packed n-bit levels (digital),
-        or one entropy-coded stream per image (preset entropy)."""
+        or one entropy-coded stream per image (preset entropy). A variable-length code sends the
+        prefix for channel parameter ``param`` (None: the whole code, which its edge reads too)."""
         if find_tables(self.encoder) is not None:
             return encode_entropy_frame(z, self.encoder, self.pair_id)
+        if self.codec_config.variable_length and param is not None:
+            z = take_prefix(z, self.encoder.lengths.length(param))
         return encode_code(z, self.channel, self.pair_id)
+
+    def symbols(self, param: float) -> int:
+        """Symbols per image sent at channel parameter ``param``."""
+        return self.encoder.lengths.length(param) if self.codec_config.variable_length else int(
+            torch.Size(self.code_shape).numel())
 
     def compress(self, x: torch.Tensor, param: float = 0.0) -> bytes:
         """Images -> the wire frame of their codes."""
-        return self.payload(self(x, param))
+        return self.payload(self(x, param), param)
 
 
 class EdgeHalf(_Half):
@@ -90,10 +100,17 @@ class EdgeHalf(_Half):
         """Wire frame -> symbols (N, C', H', W'); WireError for another export, kind or shape."""
         if find_tables(self.decoder) is not None:
             return decode_entropy_frame(buf, self.decoder, self.pair_id, self.code_shape)
-        return decode_code(buf, self.channel, self.pair_id, self.code_shape)
+        return decode_code(buf, self.channel, self.pair_id, self.code_shape, prefix=self.codec_config.variable_length)
+
+    def pad(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """A received prefix (N, k) of a variable-length code -> the full code shape (zeros past k)."""
+        return pad_prefix(z_hat, self.code_shape) if self.codec_config.variable_length else z_hat
 
     def air(self, z: torch.Tensor, param: float, seed: int = 0, first_index: int = 0) -> torch.Tensor:
-        """The simulated air interface at the receiver: image i with air_generator(seed, first_index + i)."""
+        """The simulated air interface at the receiver: image i with air_generator(seed, first_index + i)
+        (a variable-length code's prefix: the noise of the whole code's draw, codec.variable)."""
+        if self.codec_config.variable_length:
+            return air_prefix(self.channel, z, self.code_shape, param, seed, first_index)
         return simulate(self.channel, z, param, seed, first_index)
 
     def decompress(self, buf: bytes, param: float = 0.0, seed: int = 0, first_index: int = 0) -> torch.Tensor:

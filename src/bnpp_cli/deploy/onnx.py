@@ -195,7 +195,8 @@ class OnnxDeviceHalf(_OnnxHalf):
 
     half = "device"
 
-    def payload(self, z: torch.Tensor) -> bytes:
+    def payload(self, z: torch.Tensor, param: float | None = None) -> bytes:
+        """The whole code (a variable-length code's edge reads it too: no length table here)."""
         return encode_code(z, self.channel, self.pair_id)
 
     def compress(self, x: torch.Tensor, param: float = 0.0) -> bytes:

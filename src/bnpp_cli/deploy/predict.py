@@ -163,7 +163,7 @@ def _run_batch(device, edge, x: torch.Tensor, param: float, seed: int, first: in
     (header bytes, frame bytes)), the sizes read from the frames themselves (an entropy code's vary)."""
     t0 = time.perf_counter()
     z = device(x, param)
-    frames = [device.payload(z[i:i + 1]) for i in range(len(x))]
+    frames = [device.payload(z[i:i + 1], param) for i in range(len(x))]
     t1 = time.perf_counter()
     z_hat = edge.air(torch.cat([edge.receive(f) for f in frames]), param, seed, first)
     logits = edge(z_hat, param)

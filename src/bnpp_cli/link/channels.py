@@ -70,6 +70,7 @@ class Channel(nn.Module):
     digital: bool = False
     bits: int | None = None  # bits per symbol on digital channels, None on analog ones
     default_train_condition: Condition = None  # used when the constructor gets None
+    per_symbol: bool = True  # a symbol's noise does not depend on the others (a code's prefix may be sent alone)
 
     def __init__(self, train_condition: Condition = None):
         super().__init__()
@@ -225,6 +226,7 @@ class PowerAWGNChannel(AnalogChannel):
     ||z|| is one scalar of side information per sample, assumed known at the receiver."""
 
     name = "awgn-power"
+    per_symbol = False  # the power scale is the whole code's
 
     def normalize(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (z', scale) with z' = z * scale of mean power 1; scale is (N, 1, ..., 1)."""

@@ -12,7 +12,10 @@ Reported, on the test images given (no augmentation, no rescaling of images alre
 - for every digital code (fixed-length levels, or the entropy preset's streams): bits_per_image and
   bytes_per_image, means of the payload MEASURED from the real wire frame of each image coded alone
   (batch 1), frame_bytes_per_image with the header, the prior's estimate beside it (entropy code),
-  and the coder's time per image on each side (the network excluded).
+  and the coder's time per image on each side (the network excluded);
+- symbols_per_image at each condition: the whole code, or for a variable-length code (preset
+  variable) the length its table sends there (chosen on validation images at the fit), with the
+  table itself and the mean over the conditions evaluated; top-1 is measured with that prefix.
 
 The head runs once over the test set; each condition re-runs only encoder, channel, decoder, tail.
 """
@@ -78,6 +81,9 @@ class EvalResult:
     estimated_bits_per_image: float | None = None  # entropy code: the prior's -log2 likelihood, mean
     encode_ms_per_image: float | None = None  # coder time, device side (quantised code -> frame)
     decode_ms_per_image: float | None = None  # coder time, edge side (frame -> code)
+    variable_length: bool = False  # the symbols sent follow the condition (codec.variable)
+    symbols_per_image_mean: float | None = None  # mean over the conditions evaluated of what was sent
+    length_table: list[dict[str, Any]] | None = None  # variable-length code: [{condition, symbols_per_image}]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,16 +141,24 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
         return hits / len(y_all)
 
     results = []
+    codec = run.codec_config
+    bits = channel.bits if channel.digital else None
     for cond in conditions:
         param = channel.param_from_condition(cond)
         draws = 1 if param == 0 else config.draws
         accs = [top1(param, torch.Generator(device=device).manual_seed(config.seed * 1000 + d)) for d in range(draws)]
+        symbols = pipeline.codec.symbols(param)
         results.append({"condition": {channel.condition_name: cond}, "label": channel.format_condition(cond),
                         "top1_mean": statistics.fmean(accs),
-                        "top1_std": statistics.pstdev(accs) if draws > 1 else 0.0, "draws": draws, "top1": accs})
-    stream = measure_bitstream(pipeline, features) if channel.digital or find_tables(pipeline.codec) else {}
-    codec = run.codec_config
-    bits = channel.bits if channel.digital else None
+                        "top1_std": statistics.pstdev(accs) if draws > 1 else 0.0, "draws": draws, "top1": accs,
+                        "symbols_per_image": symbols, "payload_bits": 8 * ((symbols * bits + 7) // 8) if bits else None})
+    variable = codec.variable_length  # its frames' sizes follow the condition: the rows say them
+    digital = channel.digital and not variable
+    stream = measure_bitstream(pipeline, features) if digital or find_tables(pipeline.codec) else {}
+    table = None
+    if variable:
+        table = [{"condition": {channel.condition_name: channel.condition_from_param(p)} if channel.condition_name
+                  else {}, "symbols_per_image": k} for p, k in pipeline.codec.encoder.lengths.entries()]
     code_symbols = int(torch.Size(codec.code_shape).numel())
     return EvalResult(
         run=str(run.path), model=run.config.model, split=run.config.split, channel=channel.name,
@@ -155,6 +169,8 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
         bit_ratio=codec.bit_ratio(bits) if bits else None, bits=bits, code_symbols=code_symbols,
         payload_bytes=(code_symbols * bits + 7) // 8 if bits else None, images=len(y_all),
         backbone_top1=backbone_hits / len(y_all), noiseless_top1=top1(0.0, None), results=results, **stream,
+        variable_length=variable, length_table=table,
+        symbols_per_image_mean=statistics.fmean(r["symbols_per_image"] for r in results) if results else None,
     )
 
 

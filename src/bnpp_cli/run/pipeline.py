@@ -15,6 +15,7 @@ from torch import nn
 
 from ..codec.config import CodecConfig
 from ..codec.model import Codec, build_codec
+from ..codec.variable import check_channel
 from ..errors import RunError
 from ..link.channels import Channel
 from ..split.backbone import create_timm_model
@@ -32,7 +33,7 @@ class SplitPipeline(nn.Module):
 
     def from_features(self, f: torch.Tensor, param, generator: torch.Generator | None = None) -> torch.Tensor:
         z = self.codec.encoder(f, param)
-        z_hat = self.channel(z, param, generator=generator)
+        z_hat = self.codec.keep_prefix(self.channel(z, param, generator=generator), param)  # variable-length codes
         return self.tail(self.codec.decoder(z_hat, param))
 
     def forward(self, x: torch.Tensor, param, generator: torch.Generator | None = None,
@@ -67,6 +68,8 @@ def build_pipeline(model: nn.Module, config: RunConfig,
     traced = traced or trace_model(model, tuple(config.data_config["input_size"]), config.model)
     point = traced.find(config.split)
     head, tail = split_model(traced, point)
+    if config.codec.variable_length:
+        check_channel(config.channel.build())
     return SplitPipeline(head, build_codec(config.codec), config.channel.build(), tail), point
 
 
