@@ -100,8 +100,10 @@ def fit(
     bits: Annotated[int, typer.Option(help="Digital channels: bits per symbol.")] = 8,
     ratio: Annotated[Optional[float], typer.Option(help="Bandwidth reduction C*H*W/(C'*H'*W').")] = 64.0,
     code_channels: Annotated[Optional[int], typer.Option(help="C' directly (overrides --ratio).")] = None,
-    preset: Annotated[str, typer.Option(help="Codec preset: bnpp (default), bottlenetpp (the paper's), or entropy "
-                                             "(an entropy-coded digital code, with --channel none).")] = "bnpp",
+    preset: Annotated[str, typer.Option(help="Codec preset: bnpp (default), bottlenetpp (the paper's), entropy "
+                                             "(an entropy-coded digital code, with --channel none), or variable "
+                                             "(a variable-length code: its length per condition chosen on the "
+                                             "validation images).")] = "bnpp",
     lmbda: Annotated[Optional[float], typer.Option(
         help="Entropy preset: rate weight, loss += lmbda x bits per image [preset's].")] = None,
     hidden_channels: Annotated[Optional[int], typer.Option(help="bnpp preset: width of its extra layers.")] = None,
