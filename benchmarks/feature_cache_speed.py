@@ -43,6 +43,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--splits", default="layer1,layer2,layer3,layer4")
     ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--val-fraction", type=float, default=0.02,
+                    help="held out for the fits' per-epoch validation (the same in every mode; small: it is not timed)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--ratio", type=float, default=64.0)
     ap.add_argument("--repeats", type=int, default=3)
@@ -65,7 +67,7 @@ def main() -> None:
                     config = FitConfig(
                         backbone=BackboneConfig("resnet18", checkpoint=str(model), num_classes=10, img_size=32),
                         split=split, data=str(data / "train.npz"), out=str(out), channel=ChannelConfig("awgn", 20.0),
-                        ratio=args.ratio, limit=args.images, codec_epochs=args.epochs, augment=how["augment"],
+                        ratio=args.ratio, limit=args.images, val_fraction=args.val_fraction, codec_epochs=args.epochs, augment=how["augment"],
                         feature_cache=str(scratch / "features") if how["cache"] else False)
                     start = time.perf_counter()
                     result = fit_codec(config)
@@ -103,7 +105,7 @@ def main() -> None:
               f"img/s ({med['cache'] / med['default']:.2f}x; amortised with a {build_s:.1f} s build over "
               f"{args.share}: {amortised / med['default']:.2f}x); wall {wall['default']:.1f} / {wall['cache']:.1f} s")
     summary = {"command": " ".join(["python", "benchmarks/feature_cache_speed.py", *sys.argv[1:]]),
-               "commit": commit(), "machine": machine(), "seed": 0, "images": args.images, "epochs": args.epochs,
+               "commit": commit(), "machine": machine(), "seed": 0, "images": args.images, "epochs": args.epochs, "val_fraction": args.val_fraction,
                "ratio": args.ratio, "repeats": args.repeats, "share": args.share, "seconds": time.perf_counter() - t0,
                "modes": MODES, "table": table, "rows": {f"{s}/{m}": r for (s, m), r in rows.items()}}
     write_json(REPO / "benchmarks" / "results" / f"{args.name}.json", summary)
