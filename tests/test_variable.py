@@ -230,3 +230,25 @@ def test_frames_of_two_lengths_batch_through_the_backend(variable_run, tmp_path)
         z = run.pipeline.codec.keep_prefix(run.pipeline.codec.encoder(f, param), param)
         pipe = run.pipeline.tail(run.pipeline.codec.decoder(z, param))
     assert torch.allclose(halves, pipe, atol=1e-5)
+
+
+def test_cli_eval_shows_the_symbols_per_condition(variable_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from bnpp_cli.cli import app
+    from bnpp_cli.run.pipeline import load_run
+
+    run = load_run(variable_run.run)
+    codec, channel = run.pipeline.codec, run.pipeline.channel
+    want = [codec.symbols(channel.param_from_condition(c)) for c in (5.0, 25.0)]
+    res = CliRunner().invoke(app, ["eval", str(variable_run.run), "--data", str(variable_run.data), "--snr", "5,25",
+                                   "--draws", "1"])
+    assert res.exit_code == 0, res.output
+    assert "symbols/image" in res.output and f"{sum(want) / 2:.1f} symbols/image on average" in res.output
+    res = CliRunner().invoke(app, ["eval", str(variable_run.run), "--data", str(variable_run.data), "--snr", "5,25",
+                                   "--draws", "1", "--json", str(tmp_path / "eval.json")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    assert [r["symbols_per_image"] for r in doc["results"]] == want and doc["variable_length"] is True
