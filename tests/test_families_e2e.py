@@ -116,7 +116,7 @@ def _serve_two_requests(deploy, paths, condition: float, seed: int):
 @pytest.mark.parametrize("family, name, kwargs, size, kinds", FAMILIES, ids=[f[0].split(" ")[0] for f in FAMILIES])
 def test_fit_eval_export_predict_serve_at_each_layout(tmp_path, family, name, kwargs, size, kinds):
     from bnpp_cli.deploy.export import export_halves
-    from bnpp_cli.deploy.halves import load_device
+    from bnpp_cli.deploy.halves import load_device, load_pair
     from bnpp_cli.deploy.predict import predict, prepare_images
     from bnpp_cli.link.config import ChannelConfig
     from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
@@ -167,4 +167,7 @@ def test_fit_eval_export_predict_serve_at_each_layout(tmp_path, family, name, kw
         for rem, loc in zip(remote, noisy):
             assert [c for c, _ in rem] == [c for c, _ in loc.top], where
             assert np.allclose([p for _, p in rem], [p for _, p in loc.top], rtol=0, atol=1e-5), where
-        assert any(dict(n.top) != dict(l.top) for n, l in zip(noisy, local)), where  # the noise reached the code
+        device, edge = load_pair(out / "deploy")  # the noise really reaches the code the server decodes
+        frame = device.compress(x[:1], device.param_from_condition(20.0))
+        received = edge.receive(frame)
+        assert not torch.equal(edge.air(received, device.param_from_condition(20.0), 3, 0), received), where

@@ -173,10 +173,14 @@ def test_token_sequences_need_graph_evidence_for_their_axes():
 
 def test_prefix_tokens_have_their_own_code_counted_in_the_symbols():
     layout = FeatureLayout("tokens", (8, 8), 1)  # the shared ViT: (65, 192)
-    cfg = plan_codec((65, 192), layout=layout, ratio=16)
+    cfg = plan_codec((65, 192), layout=layout, ratio=16, preset="bottlenetpp")  # D / R symbols per prefix token
     assert cfg.code_shape == (12 * 64 + 12,) and cfg.prefix_code_channels == 12 and cfg.bandwidth_ratio == 16.0
+    cfg = plan_codec((65, 192), layout=layout, ratio=16)  # bnpp: a quarter of 780 symbols, at most D = 192
+    assert cfg.code_shape == (9 * 64 + 192,) and cfg.prefix_code_channels == 192 and cfg.bandwidth_ratio == 16.25
     cfg = plan_codec((65, 192), layout=layout, ratio=64)  # thin code (192 / 64 = 3 < 4): grid halved to 4 x 4
-    assert cfg.map_code_shape == (12, 4, 4) and cfg.code_symbols == 12 * 16 + 3 and cfg.bandwidth_ratio == 64.0
+    assert cfg.map_code_shape == (9, 4, 4) and cfg.prefix_code_channels == round(195 / 4)
+    assert cfg.code_symbols == 9 * 16 + 49 and abs(cfg.code_symbols - 195) <= 16 / 2  # within half a code channel
+    assert not cfg.standardize and plan_codec((65, 192), layout=layout, ratio=64, feature_nonnegative=False).standardize
     codec = build_codec(cfg).eval()
     assert [n for n, _ in codec.encoder.named_children()] == ["body", "prefix_body"]
     assert codec.encoder.prefix_body[0].kernel_size == (1, 1)  # each prefix token a vector
@@ -279,3 +283,35 @@ def test_fit_export_and_halves_match_the_pipeline(tmp_path, name, kwargs, size, 
     assert images == 3 and [a["images"] for a in answers] == [1, 2]
     top = [row[0][0] for a in answers for row in a["predictions"]]
     assert top == [edge.class_names[i] for i in expected.argmax(1).tolist()]
+
+
+def test_signed_features_are_standardised_on_the_first_training_batch():
+    """bnpp standardises a signed feature per channel (patch grid and prefix tokens apart), measured
+    on the first training batch and kept by both halves; the paper's preset and ReLU features do not."""
+    layout = FeatureLayout("tokens", (4, 4), 1)
+    cfg = plan_codec((17, 32), layout=layout, ratio=8, feature_nonnegative=False)
+    assert cfg.standardize and cfg.prefix_config().standardize
+    assert not plan_codec((17, 32), layout=layout, ratio=8, preset="bottlenetpp", feature_nonnegative=False).standardize
+    assert not plan_codec((32, 4, 4), ratio=8).standardize  # a post-ReLU map: unchanged
+    g = torch.Generator().manual_seed(0)
+    offset = torch.linspace(-20, 20, 32)
+    f = torch.randn(6, 17, 32, generator=g) * 3 + offset
+    f[:, 0] += 5  # the class token sits elsewhere
+    codec = build_codec(cfg)
+    enc, dec = codec.encoder.body[0], codec.decoder.body[-1]
+    assert not bool(enc.calibrated) and torch.equal(enc.mean, torch.zeros(32))  # the identity until trained
+    codec.train()
+    codec(f, 0.0)
+    patches = f[:, 1:].reshape(-1, 32)
+    assert torch.allclose(enc.mean, patches.mean(0), atol=1e-4) and torch.allclose(dec.mean, enc.mean)
+    assert torch.allclose(enc.std, patches.std(0, unbiased=False), atol=1e-4) and torch.equal(dec.std, enc.std)
+    assert torch.allclose(codec.encoder.prefix_body[0].mean, f[:, 0].mean(0), atol=1e-4)
+    assert torch.allclose(codec.decoder.prefix_body[-1].mean, f[:, 0].mean(0), atol=1e-4)
+    before = enc.mean.clone()
+    codec(f * 2, 0.0)  # calibrated once: a later batch changes nothing
+    assert torch.equal(enc.mean, before)
+    codec.eval()
+    again = build_codec(cfg).eval()
+    again.load_state_dict(codec.state_dict())  # stored with the codec's weights
+    assert torch.equal(again(f, 0.0)["f_hat"], codec(f, 0.0)["f_hat"])
+    assert again.decoder.body[-1].mean.abs().max() > 15  # the decoder restores the offsets

@@ -45,6 +45,7 @@ class CodecConfig:
     encoder_blocks: int = 0  # residual blocks in the encoder (plan_codec: the preset's default)
     layout: FeatureLayout = field(default_factory=FeatureLayout)  # how f is laid out; runs before layouts: nchw
     prefix_code_channels: int = 0  # k, code symbols per prefix token (tokens layouts with prefix tokens only)
+    standardize: bool = False  # per-channel (f - mean) / std around the codec, measured in training (codec.standardize)
 
     def __post_init__(self) -> None:
         preset = get_preset(self.preset)
@@ -68,6 +69,8 @@ class CodecConfig:
         if self.layout.one_d and self.feature_hw[1] != 1 or self.layout.kind == "vector" and self.feature_hw[0] != 1:
             raise CodecError(f"a {self.layout.describe()} feature is coded as a (D, T, 1) map, not "
                              f"{self.in_channels} x {self.feature_hw[0]} x {self.feature_hw[1]}")
+        if self.standardize and self.output_activation != "none":
+            raise CodecError("a standardised feature is signed: its decoder ends without an output activation")
         if self.spatial_reduction and not any(self.conv_axes):
             raise CodecError("spatial reduction needs an axis to halve: a vector feature has none")
         if self.encoder_blocks and preset.default_encoder_blocks is None:
@@ -135,7 +138,8 @@ class CodecConfig:
         return CodecConfig(preset=self.preset, in_channels=self.in_channels, feature_hw=(1, 1),
                            code_channels=self.prefix_code_channels,  # the preset's inner width for D -> k
                            output_activation=self.output_activation, decoder_condition=self.decoder_condition,
-                           encoder_blocks=self.encoder_blocks, layout=FeatureLayout("vector"))
+                           encoder_blocks=self.encoder_blocks, layout=FeatureLayout("vector"),
+                           standardize=self.standardize)
 
     def to_dict(self) -> dict[str, Any]:
         return configs.to_dict(self)
@@ -173,9 +177,11 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
     otherwise no reduction, C' = round(C / R). Measured on resnet18 / CIFAR-10 (README, issue 6): the
     stride-2 code won at C / R = 1 and 2 and lost badly at C / R = 4 (layer1 16x). The 1-D codec of a
     token sequence halves T only by the paper's rule; a vector is never halved. P prefix tokens get
-    k = round(D / R) symbols each (at least 1) and the map the rest of the budget:
+    k = round(D / R) symbols each (at least 1), or with a preset's ``prefix_share`` s (bnpp) at least
+    round(s x elements / R / P), at most D, and the map the rest of the budget:
     C' = round((elements / R - P k) / (H' W')). The achieved ratio is ``config.bandwidth_ratio`` and
-    may differ from R by that rounding."""
+    may differ from R by that rounding: the symbols are within H' W' / 2 (half a code channel) of
+    elements / R."""
     shape = tuple(feature_shape)
     if any(not isinstance(d, int) and int(d) != d or d < 1 for d in shape):
         raise CodecError(f"feature shape {shape} must hold positive integers")
@@ -217,6 +223,10 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
         else:
             spatial = spatial_reduction
         k = max(1, round(c / r)) if prefix else 0
+        if prefix and spec.prefix_share:  # the preset's share of the symbols for the prefix tokens (at most D each)
+            k_share = max(k, min(c, round(spec.prefix_share * elements / r / prefix)))
+            if (elements / r - prefix * k_share) / code_positions(spatial) >= 1:
+                k = k_share
         ideal = (elements / r - prefix * k) / code_positions(spatial)
         if ideal < 1:
             raise CodecError(f"ratio {r:g} cannot be met at this split ({' x '.join(map(str, shape))}, "
@@ -233,4 +243,5 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
                        spatial_reduction=spatial, output_activation=output_activation,
                        decoder_condition=spec.decoder_condition,
                        hidden_channels=hidden_channels if spec.hidden_width is not None else None,
-                       encoder_blocks=blocks, layout=layout, prefix_code_channels=k)
+                       encoder_blocks=blocks, layout=layout, prefix_code_channels=k,
+                       standardize=spec.standardize_signed and output_activation == "none")
