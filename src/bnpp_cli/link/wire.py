@@ -30,6 +30,10 @@ Header length is ``header_length(ndim) = 32 + 4 ndim`` bytes (36 to 64). Payload
   (codec.entropy), which this module does not interpret: ``decode_streams`` returns them. A
   version-1 reader refuses these frames by version; this reader reads both versions.
 
+A variable-length code (codec.variable) needs no other version: its frame's shape is (N, k), the first
+k symbols of each image's code in C order, so the header already says how many were sent; the edge,
+which knows its code's full shape, reads k from it and pads (link.transmit.decode_code ``prefix``).
+
 The payload length is redundant with shape and dtype / bits; a reader rejects a frame where they
 disagree (entropy frames: a length outside [N, N (2 numel / N + 13)], the most a 16-bit-table stream
 can take), before it reads the payload. Readers reject anything else too: a frame is exactly
