@@ -1,23 +1,24 @@
 """Separate source and channel coding vs bnpp's joint (analog) code, at the same channel uses.
 
 For the shared resnet18 / CIFAR-10 at each split given, top-1 against channel uses per image (real
-AWGN symbols) for:
-  (a) bnpp's analog code over AWGN: channel uses = its code symbols, top-1 measured at PSNR 10 and 20 dB
-      (rows of benchmarks/results/rate_accuracy.json, the grid's `bnpp-best` fits);
-  (b) the entropy-coded code (`bnpp eval --json` of a `--preset entropy` run: bits measured from the
-      real batch-1 bitstream) under an ideal channel code at capacity designed for 10 or 20 dB:
-      channel uses = bits / C(design), C = 0.5 log2(1 + SNR); error-free top-1 at or above the design
-      SNR, chance (1 / classes) below it (the cliff), and under Rayleigh block fading of that mean
-      SNR the outage-weighted top-1 (link.capacity);
-  (c) the 8-bit fixed-length code under the same ideal channel code (its top-1 is the grid's BEC
-      p = 0.01 figure: a slight underestimate of its error-free top-1);
+AWGN symbols) and against the true channel SNR from 0 to 30 dB, for:
+  (a) bnpp's analog code over AWGN: channel uses = its code symbols; top-1 MEASURED by `bnpp eval
+      --snr 0,5,...,30 --json` of each analog run (`--analog SPLIT=EVAL.json`, repeatable);
+  (b) the entropy-coded code (`bnpp eval --json` of a `--preset entropy` run, `--entropy SPLIT=EVAL.json`,
+      repeatable: bits measured from the real batch-1 bitstream) under an ideal channel code at capacity
+      designed for 10 or 20 dB: channel uses = bits / C(design), C = 0.5 log2(1 + SNR); error-free top-1
+      at or above the design SNR, chance (1 / classes) below it (the cliff), and under Rayleigh block
+      fading of that mean SNR the outage-weighted top-1 (link.capacity);
+  (c) the 8-bit fixed-length code under the same ideal channel code (its top-1 is the rate-accuracy
+      grid's BEC p = 0.01 figure: a slight underestimate of its error-free top-1);
   (d) JPEG of the input image at its measured size (PIL, run.baselines.measure_images), same code;
   and the floor: log2(classes) bits (the label itself) under that code.
 
-    python benchmarks/separate_vs_joint.py --eval layer3=EVAL.json [--eval layer2=EVAL.json] \
+    python benchmarks/separate_vs_joint.py --entropy layer3=E.json [--entropy ...] --analog layer3=A.json [...] \
         --checkpoint /work/shared/models/resnet18_cifar10.safetensors --data /work/shared/data/cifar10/test.npz
 
-Writes benchmarks/results/separate_vs_joint.json (command, commit, machine, inputs) and a plot.
+Writes benchmarks/results/separate_vs_joint.json (command, commit, machine, inputs, rows, a table per
+split in markdown) and a plot beside it; prints the tables.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from bnpp_cli.link import capacity
 from bnpp_cli.run.baselines import measure_images
 
 DESIGNS_DB = (10.0, 20.0)
-TRUE_DB = tuple(float(s) for s in range(0, 31, 2))
+TRUE_DB = tuple(float(s) for s in range(0, 31))
+TABLE_DB = tuple(float(s) for s in range(0, 31, 5))
 RATIOS = (16.0, 64.0, 256.0)
 
 
@@ -58,16 +60,59 @@ def separate_rows(split: str, scheme: str, bits: float, top1: float, classes: in
         awgn = {f"{s:g}": (top1 if not capacity.outage("awgn", design, s) else 1.0 / classes) for s in TRUE_DB}
         rayleigh = {f"{s:g}": capacity.expected_top1(top1, classes, capacity.rayleigh_outage(design, s))
                     for s in TRUE_DB}
-        rows.append({"split": split, "scheme": scheme, "design_snr_db": design, "bits_per_image": bits,
-                     "channel_uses": capacity.channel_uses(bits, "awgn", design), "top1_error_free": top1,
-                     "top1_awgn": awgn, "top1_rayleigh_mean_snr": rayleigh, **extra})
+        rows.append({"split": split, "scheme": scheme, "kind": "separate", "design_snr_db": design,
+                     "bits_per_image": bits, "channel_uses": capacity.channel_uses(bits, "awgn", design),
+                     "top1_error_free": top1, "top1_awgn": awgn, "top1_rayleigh_mean_snr": rayleigh, **extra})
     return rows
+
+
+def analog_row(split: str, ev: dict) -> dict:
+    """An analog run's `bnpp eval --snr ... --json`: measured top-1 at each PSNR, channel uses = symbols."""
+    top1 = {f"{next(iter(r['condition'].values())):g}": r["top1_mean"] for r in ev["results"]}
+    return {"split": split, "scheme": f"analog bnpp {ev['bandwidth_ratio']:g}x", "kind": "analog",
+            "design_snr_db": None, "ratio": ev["bandwidth_ratio"], "channel_uses": ev["code_symbols"],
+            "top1_awgn": top1, "top1_noiseless": ev["noiseless_top1"], "trained_for": ev["train_condition"],
+            "draws": ev["results"][0]["draws"] if ev["results"] else 0, "source": ev["run"],
+            "backbone_top1": ev["backbone_top1"], "images": ev["images"]}
+
+
+def pairs(items: list[str], flag: str) -> list[tuple[str, dict]]:
+    out = []
+    for item in items or []:
+        split, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} {item!r}: expected SPLIT=EVAL.json")
+        out.append((split, json.loads(Path(path).read_text())))
+    return out
+
+
+def table(rows: list[dict], split: str) -> str:
+    """Markdown: scheme, channel uses, top-1 at the true SNRs of TABLE_DB (AWGN)."""
+    head = "| " + f"{split} scheme | channel uses | " + " | ".join(f"{s:g} dB" for s in TABLE_DB) + " |"
+    lines = [head, "|" + "---|" * (2 + len(TABLE_DB))]
+    families = ("analog", "entropy", "8-bit", "jpeg", "label")
+
+    def order(r: dict) -> tuple:
+        family = next(i for i, f in enumerate(families) if r["scheme"].startswith(f))
+        return family, r["design_snr_db"] or 0, -r.get("ratio", 0) if family == 0 else r["bits_per_image"]
+
+    for r in sorted((r for r in rows if r["split"] == split), key=order):
+        if r["kind"] == "analog":
+            name = f"{r['scheme']} (joint, AWGN-trained {r['trained_for']})"
+        else:
+            name = f"{r['scheme']} ({r['bits_per_image']:.4g} bits) + ideal code for {r['design_snr_db']:g} dB"
+        cells = [f"{100 * r['top1_awgn'][f'{s:g}']:.2f}" if f"{s:g}" in r["top1_awgn"] else "-" for s in TABLE_DB]
+        lines.append(f"| {name} | {r['channel_uses']:.4g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--eval", action="append", required=True, help="SPLIT=path of an entropy run's eval JSON")
-    ap.add_argument("--rate-accuracy", default="benchmarks/results/rate_accuracy.json")
+    ap.add_argument("--entropy", action="append", required=True, help="SPLIT=path of an entropy run's eval JSON")
+    ap.add_argument("--analog", action="append", default=[],
+                    help="SPLIT=path of an analog AWGN run's `bnpp eval --snr 0,5,...,30 --json`")
+    ap.add_argument("--rate-accuracy", default="benchmarks/results/rate_accuracy.json",
+                    help="the grid's results (its 8-bit fixed-length bnpp-best rows)")
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--data", required=True, help="test images (.npz)")
     ap.add_argument("--jpeg-images", type=int, default=10000)
@@ -75,10 +120,8 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     grid = json.loads(Path(args.rate_accuracy).read_text())
-    evals = {}
-    for item in args.eval:
-        split, path = item.split("=", 1)
-        evals[split] = json.loads(Path(path).read_text())
+    entropy, analog = pairs(args.entropy, "--entropy"), pairs(args.analog, "--analog")
+    splits = sorted({s for s, _ in entropy + analog})
 
     backbone = load_backbone(BackboneConfig("resnet18", num_classes=10, img_size=32, checkpoint=args.checkpoint))
     classes = backbone.num_classes
@@ -90,38 +133,42 @@ def main() -> None:
         jpeg = measure_images(backbone.model, x, y, backbone.data_config)
 
     rows: list[dict] = []
-    for split, ev in evals.items():
-        rows += separate_rows(split, "entropy", ev["bits_per_image"], ev["noiseless_top1"], classes,
-                              {"bytes_per_image": ev["bytes_per_image"], "frame_bytes_per_image": ev["frame_bytes_per_image"],
-                               "estimated_bits_per_image": ev["estimated_bits_per_image"], "source": ev["run"],
-                               "ratio": ev["bandwidth_ratio"]})
+    for split, ev in entropy:
+        rows += separate_rows(split, f"entropy {ev['bandwidth_ratio']:g}x", ev["bits_per_image"], ev["noiseless_top1"],
+                              classes, {"bytes_per_image": ev["bytes_per_image"],
+                                        "frame_bytes_per_image": ev["frame_bytes_per_image"],
+                                        "estimated_bits_per_image": ev["estimated_bits_per_image"], "source": ev["run"],
+                                        "ratio": ev["bandwidth_ratio"], "images": ev["images"]})
+    for split, ev in analog:
+        rows.append(analog_row(split, ev))
+    for split in splits:
         rows += separate_rows(split, "label (floor)", math.log2(classes), 1.0, classes, {})
         for enc in jpeg["encodings"]:
             if enc["format"] == "jpeg":
                 rows += separate_rows(split, f"jpeg q{enc['quality']}", 8 * enc["bytes_per_image"], enc["val_top1"],
                                       classes, {"jpeg_images": jpeg["images"]})
         for r in grid["rows"]:
-            if r["split"] != split or r["method"] != "bnpp-best" or r["ratio"] not in RATIOS:
-                continue
-            if r["channel"] == "bec":
+            if r["split"] == split and r["method"] == "bnpp-best" and r["ratio"] in RATIOS and r["channel"] == "bec":
                 rows += separate_rows(split, f"8-bit fixed {r['ratio']:g}x", r["payload_bits"], r["top1"], classes,
                                       {"ratio": r["ratio"], "top1_note": "measured through BEC p = 0.01"})
-            elif r["channel"] == "awgn":
-                snr = r["condition"]["snr_db"]
-                rows.append({"split": split, "scheme": f"analog bnpp {r['ratio']:g}x", "design_snr_db": None,
-                             "snr_db": snr, "channel_uses": r["payload_bits"] / 32, "top1": r["top1"],
-                             "ratio": r["ratio"], "trained_for": "PSNR >= 10 dB (rate_accuracy.py)"})
-    out = {"command": " ".join(sys.argv), "commit": commit(), "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "platform": platform.platform(), "torch": torch.__version__}, "seeds": [0],
+    tables = {split: table(rows, split) for split in splits}
+    out = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "commit": commit(),
+           "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "platform": platform.platform(), "torch": torch.__version__}, "seeds": [0],
            "backbone_top1_jpeg_images": jpeg["backbone_val_top1"], "jpeg_images": jpeg["images"],
            "rate_accuracy_source": {"file": args.rate_accuracy, "commit": grid.get("commit"), "epochs": grid.get("epochs"),
                                     "train_limit": grid.get("train_limit")},
-           "definitions": {"channel_uses": "real AWGN symbols per image; separate schemes: bits / (0.5 log2(1 + SNR_design))",
+           "definitions": {"channel_uses": "real AWGN symbols per image; analog: its code symbols; separate schemes: "
+                                           "bits / (0.5 log2(1 + SNR_design))",
+                           "snr": "analog: PSNR (noise sigma = 10^(-dB/20), peak amplitude 1); separate: SNR = P / "
+                                  "sigma^2 with the same sigma and average power P = 1",
                            "outage": "true SNR below the design SNR: the image's bits are lost, top-1 = 1 / classes",
                            "rayleigh": "block fading, P_out = 1 - exp(-SNR_design / SNR_mean)"},
-           "wall_seconds": time.time() - t0, "rows": rows}
+           "wall_seconds": time.time() - t0, "tables_md": tables, "rows": rows}
     Path(args.out).write_text(json.dumps(out, indent=1))
     plot(out, Path(args.out).with_suffix(".png"))
+    for t in tables.values():
+        print(t + "\n")
 
 
 def plot(out: dict, path: Path) -> None:
@@ -131,43 +178,49 @@ def plot(out: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     splits = sorted({r["split"] for r in out["rows"]})
-    fig, axes = plt.subplots(len(splits), 2, figsize=(12, 4.2 * len(splits)), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(len(splits), 2, figsize=(13, 4.6 * len(splits)), dpi=110, squeeze=False)
     for i, split in enumerate(splits):
         rows = [r for r in out["rows"] if r["split"] == split]
         left, right = axes[i]
         for snr, marker in ((10.0, "o"), (20.0, "s")):
-            pts = sorted((r["channel_uses"], 100 * r["top1"]) for r in rows
-                         if r["scheme"].startswith("analog") and r["snr_db"] == snr)
+            key = f"{snr:g}"
+            pts = sorted((r["channel_uses"], 100 * r["top1_awgn"][key]) for r in rows
+                         if r["kind"] == "analog" and key in r["top1_awgn"])
             if pts:
-                left.plot(*zip(*pts), marker=marker, color="tab:blue", label=f"(a) analog bnpp, AWGN {snr:g} dB")
+                left.plot(*zip(*pts), marker=marker, color="tab:blue", label=f"(a) analog bnpp (joint), AWGN {snr:g} dB")
             for scheme, color in (("entropy", "tab:red"), ("8-bit", "tab:green"), ("jpeg", "tab:purple"),
                                   ("label", "k")):
                 sel = sorted((r["channel_uses"], 100 * r["top1_error_free"]) for r in rows
                              if r["scheme"].startswith(scheme) and r["design_snr_db"] == snr)
                 if sel:
                     left.plot(*zip(*sel), marker=marker, ls="--" if snr == 20 else ":", color=color,
-                              label=f"{scheme} + ideal code @ {snr:g} dB")
+                              label=f"{scheme} + ideal code, {snr:g} dB")
         left.set_xscale("log")
         left.set_xlabel("channel uses per image (real symbols)")
-        left.set_ylabel("top-1 (%) at the design SNR")
-        left.set_title(f"resnet18 / CIFAR-10 @ {split}: at equal channel uses")
+        left.set_ylabel("top-1 (%) at that SNR")
+        left.set_title(f"resnet18 / CIFAR-10 @ {split}: at equal channel uses (true SNR = design SNR)")
         left.grid(alpha=0.3)
         left.legend(fontsize=6)
-        for r in rows:
-            if r["scheme"] == "entropy":
-                xs = [float(k) for k in r["top1_awgn"]]
-                right.plot(xs, [100 * v for v in r["top1_awgn"].values()], color="tab:red",
-                           ls="-" if r["design_snr_db"] == 20 else "--",
-                           label=f"entropy, code for {r['design_snr_db']:g} dB ({r['channel_uses']:.0f} uses), AWGN")
-                right.plot(xs, [100 * v for v in r["top1_rayleigh_mean_snr"].values()], color="tab:orange",
-                           ls="-" if r["design_snr_db"] == 20 else "--", label=f"same, Rayleigh block fading (mean SNR)")
-        for r in rows:
-            if r["scheme"].startswith("analog") and r["ratio"] == 64.0:
-                right.scatter([r["snr_db"]], [100 * r["top1"]], color="tab:blue", zorder=3,
-                              label=f"analog 64x ({r['channel_uses']:.0f} uses), AWGN" if r["snr_db"] == 10 else None)
-        right.set_xlabel("true channel SNR (dB)")
+        for r in sorted((r for r in rows if r["kind"] == "analog"), key=lambda r: r["ratio"]):
+            xs = [float(k) for k in r["top1_awgn"]]
+            right.plot(xs, [100 * v for v in r["top1_awgn"].values()], marker="o", ms=3,
+                       color=plt.cm.Blues(0.45 + 0.18 * RATIOS.index(r["ratio"]) if r["ratio"] in RATIOS else 0.9),
+                       label=f"analog {r['ratio']:g}x ({r['channel_uses']:.0f} uses), AWGN, measured")
+        ent = [r for r in rows if r["scheme"].startswith("entropy")]
+        head = min(ent, key=lambda r: r["bits_per_image"]) if ent else None
+        for r in ent:
+            if r["source"] != head["source"]:
+                continue
+            ls = "-" if r["design_snr_db"] == 20 else "--"
+            xs = [float(k) for k in r["top1_awgn"]]
+            right.plot(xs, [100 * v for v in r["top1_awgn"].values()], color="tab:red", ls=ls,
+                       label=f"{r['scheme']} {r['bits_per_image']:.1f} bits, code for {r['design_snr_db']:g} dB "
+                             f"({r['channel_uses']:.0f} uses), AWGN")
+            right.plot(xs, [100 * v for v in r["top1_rayleigh_mean_snr"].values()], color="tab:orange", ls=ls,
+                       label=f"same, Rayleigh block fading (mean SNR)")
+        right.set_xlabel("true channel SNR (dB; analog: PSNR)")
         right.set_ylabel("top-1 (%)")
-        right.set_title("the cliff: an ideal code below its design SNR")
+        right.set_title("the cliff: an ideal code below its design SNR; the analog code degrades")
         right.grid(alpha=0.3)
         right.legend(fontsize=6)
     fig.tight_layout()
