@@ -85,3 +85,68 @@ def test_post_relu_feature_is_sparse_and_measured():
     d = _tiny_profile()
     act = next(p for p in d["split_points"] if p["name"] == "act1")
     assert 0.3 < act["zero_fraction"] < 0.7  # ReLU of a roughly symmetric pre-activation
+
+
+def test_bits_per_image_budget_is_the_payload_at_every_point():
+    # 100 bits per image wherever the cut is: the link term is the same everywhere, so with a slow
+    # device and a fast edge the earliest point wins, whatever its feature size
+    d = _tiny_profile(budget=Budget(bandwidth_mbps=1.0, device_gmacs=1e-3, edge_gmacs=1e3, ratio=None,
+                                    bits_per_image=100))
+    rows = d["split_points"]
+    assert [p["payload_bits"] for p in rows] == [100] * len(rows)
+    for p in rows:
+        assert p["payload_ratio"] == pytest.approx(32 * p["elements"] / 100)
+        link_ms = 1e3 * 100 / 1e6
+        compute_ms = 1e3 * (p["device_macs"] / 1e6 + p["edge_macs"] / 1e12)
+        assert p["est_latency_ms"] == pytest.approx(link_ms + compute_ms)
+    rec = d["recommendation"]
+    assert rec["best"] == min(rows, key=lambda p: p["device_macs"])["name"]
+    assert rec["payload"] == {"bits_per_image": 100} and rec["budget"]["ratio"] is None
+    assert "100 bits per image at every split point" in rec["note"]
+    assert "bits_per_image/bandwidth" in rec["formula"]
+    # the ratio form still gives 32 * elements / ratio bits
+    r = _tiny_profile(budget=Budget(ratio=16))
+    assert [p["payload_bits"] for p in r["split_points"]] == [round(2 * p["elements"]) for p in r["split_points"]]
+    assert r["recommendation"]["payload"] == {"ratio": 16}
+
+
+def test_bits_per_image_above_the_feature_is_noted():
+    d = _tiny_profile(budget=Budget(ratio=None, bits_per_image=1e9))
+    note = next(n for n in d["notes"] if "exceed the float32 feature" in n)
+    assert all(p["name"] in note for p in d["split_points"])  # 1e9 bits: more than every float32 feature here
+
+
+def test_budget_takes_ratio_or_bits_not_both():
+    from bnpp_cli.errors import BnppError
+
+    with pytest.raises(BnppError, match=r"both of ratio=64.0 and bits_per_image=80"):
+        Budget(ratio=64.0, bits_per_image=80).validate()
+    with pytest.raises(BnppError, match="neither"):
+        Budget(ratio=None).validate()
+    with pytest.raises(BnppError, match="bits_per_image=-5"):
+        Budget(ratio=None, bits_per_image=-5).validate()
+
+
+def test_cli_profile_bits_per_image(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from bnpp_cli.cli import app
+
+    runner = CliRunner()
+    base = ["profile", "test_resnet", "--img-size", "64", "--repeats", "1", "--samples", "2"]
+    out = tmp_path / "p.json"
+    r = runner.invoke(app, base + ["--bits-per-image", "75", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["recommendation"]["budget"]["bits_per_image"] == 75
+    assert {p["payload_bits"] for p in d["split_points"]} == {75}
+    assert "payload 75 bits per image at every point" in r.output
+    assert "ASSUMED 75 bits per image at every point" in r.output
+    r = runner.invoke(app, base + ["--ratio", "16", "--bits-per-image", "75", "--json", str(tmp_path / "no.json")])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "no.json").exists()
+    assert "give --ratio (16) or --bits-per-image (75), not both" in r.output
+    r = runner.invoke(app, base)  # neither: the 64x default
+    assert r.exit_code == 0 and "codec ratio 64x" in r.output

@@ -30,8 +30,11 @@ def profile(
     bandwidth_mbps: Annotated[float, typer.Option(help="Budget: uplink bandwidth in Mbit/s.")] = 10.0,
     device_gmacs: Annotated[float, typer.Option(help="Budget: device speed in GMAC/s.")] = 10.0,
     edge_gmacs: Annotated[float, typer.Option(help="Budget: edge speed in GMAC/s.")] = 1000.0,
-    ratio: Annotated[float, typer.Option(help="Budget: expected bit compression of the codec vs float32 "
-                                                "(assumed at every point; `bnpp search` measures it).")] = 64.0,
+    ratio: Annotated[Optional[float], typer.Option(help="Budget: expected bit compression of the codec vs float32 "
+                                                          "(assumed at every point; `bnpp search` measures it) [64].")] = None,
+    bits_per_image: Annotated[Optional[float], typer.Option(
+        help="Budget: instead of --ratio, this payload in bits per image at every point (e.g. an entropy "
+             "code's measured bits_per_image from `bnpp eval --json`).")] = None,
     search: Annotated[Optional[Path], typer.Option(
         "--search", help="A finished `bnpp search --out DIR`: show its measured recommendation too.")] = None,
     json_path: JsonOpt = None,
@@ -40,14 +43,21 @@ def profile(
     """List valid split points with compute, feature size and sparsity; recommend where to split."""
     from dataclasses import replace
 
+    from ..errors import BnppError
     from ..split.profile import Budget, ProfileConfig, profile_model
     from .render import render_measured, render_profile
 
+    if ratio is not None and bits_per_image is not None:
+        raise BnppError(f"give --ratio ({ratio:g}) or --bits-per-image ({bits_per_image:g}), not both: "
+                        "the payload per image is one of them")
+    if ratio is None and bits_per_image is None:
+        ratio = 64.0
     backbone = replace(backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs, mean, std), reparam=reparam)
     config = ProfileConfig(
         backbone=backbone, all_points=all_points,
         data=data, samples=samples, repeats=repeats, verify=verify, seed=seed,
-        budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs, ratio=ratio),
+        budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs, ratio=ratio,
+                      bits_per_image=bits_per_image),
     )
     measured = None
     if search is not None:

@@ -43,26 +43,34 @@ def render_profile(p) -> None:
                   f"(batch 1, here: median of {p.latency_repeats} runs after a warm-up, (min-max))")
     t = Table(title=None, header_style="bold")
     for col in ("split point", "shape", "layout", "KiB f32", "zeros", "|f|<eps", "dev MACs", "dev params",
-                "edge MACs", "edge params", "head ms (min-max)", "est ms"):
+                "edge MACs", "edge params", "head ms (min-max)", "payload bits", "est ms"):
         t.add_column(col, justify="left" if col in ("split point", "shape", "layout") else "right")
     verify = any(r.max_abs_diff is not None for r in p.split_points)
     if verify:
         t.add_column("max |diff|", justify="right")
     rec = p.recommendation
+    b = rec["budget"]
     for r in p.split_points:
         name = r.name + (f" (= {r.aliases[0]})" if r.aliases else "")
         mark = " *" if r.name == rec["best"] else (" ·" if r.name in rec["pareto"] else "")
         row = [name + mark, "x".join(map(str, r.shape)), _layout_label(r.layout), f"{r.bytes / 1024:.1f}", f"{r.zero_fraction:.1%}",
                f"{r.near_zero_fraction:.1%}", _si(r.device_macs), _si(r.device_params), _si(r.edge_macs),
-               _si(r.edge_params), f"{r.latency_ms:.2f}{_spread(r.latency_range_ms, 2)}", f"{r.est_latency_ms:.1f}"]
+               _si(r.edge_params), f"{r.latency_ms:.2f}{_spread(r.latency_range_ms, 2)}",
+               f"{r.payload_bits}" + (_ratio_label(r.payload_ratio) if b["bits_per_image"] is not None else ""),
+               f"{r.est_latency_ms:.1f}"]
         if verify:
             row.append(f"{r.max_abs_diff:.1e}")
         t.add_row(*row)
     console.print(t)
-    b = rec["budget"]
+    if b["bits_per_image"] is not None:
+        payload = f"payload {b['bits_per_image']:g} bits per image at every point (ratio there in brackets)"
+        assumed = f"{b['bits_per_image']:g} bits per image"
+    else:
+        payload = f"codec ratio {b['ratio']:g}x (32-bit feature -> payload)"
+        assumed = f"{b['ratio']:g}x codec"
     console.print(f"Budget: {b['bandwidth_mbps']:g} Mbit/s link, device {b['device_gmacs']:g} GMAC/s, "
-                  f"edge {b['edge_gmacs']:g} GMAC/s, codec ratio {b['ratio']:g}x (32-bit feature -> payload)")
-    console.print(f"Recommended split (ASSUMED {b['ratio']:g}x codec at every point, accuracy NOT measured): "
+                  f"edge {b['edge_gmacs']:g} GMAC/s, {payload}")
+    console.print(f"Recommended split (ASSUMED {assumed} at every point, accuracy NOT measured): "
                   f"[bold green]{rec['best']}[/] (est. {rec['best_est_latency_ms']:.1f} ms end to end; "
                   f"edge-only {rec['baselines']['edge_only_ms']:.1f} ms, device-only "
                   f"{rec['baselines']['device_only_ms']:.1f} ms).  * best   · Pareto (device MACs vs payload)")
@@ -72,6 +80,11 @@ def render_profile(p) -> None:
     console.print(f"Sparsity inputs: {p.inputs}; MACs: 1 MAC = 2 FLOPs; eps = near-zero threshold")
     for note in p.notes:
         console.print(f"[yellow]Note:[/] {note}")
+
+
+def _ratio_label(ratio: float) -> str:
+    """The bit compression a fixed payload means at one point, e.g. ' (1310x)', ' (0.5x)'."""
+    return f" ({ratio:.0f}x)" if ratio >= 10 else f" ({ratio:.2g}x)"
 
 
 def render_measured(search, where) -> None:

@@ -2,10 +2,13 @@
 
 For every valid split point (see split.py): feature shape and size, sparsity of the feature,
 cumulative device MACs and params, edge MACs and params, and the measured latency of the head on
-this machine. Then, under a budget (link bandwidth, device and edge speed, expected codec ratio):
+this machine. Then, under a budget (link bandwidth, device and edge speed, and the payload: an expected codec
+ratio, or bits per image):
 
     latency_ms = device_macs / device speed + payload_bits / bandwidth + edge_macs / edge speed
-    payload_bits = 32 * elements / ratio          (float32 feature, compressed `ratio` times)
+    payload_bits = 32 * elements / ratio          (float32 feature, compressed `ratio` times), or
+    payload_bits = bits_per_image                 (the same payload at every point, e.g. a measured
+                                                   entropy code's bits; its ratio there is 32 * elements / bits)
 
 the best point (lowest estimated latency) and the Pareto set in (device MACs, payload bits).
 """
@@ -30,12 +33,27 @@ class Budget:
     bandwidth_mbps: float = 10.0  # uplink rate; 10 Mbit/s is a modest LTE/Wi-Fi uplink
     device_gmacs: float = 10.0  # device speed in GMAC/s; a phone CPU on a CNN reaches ~10
     edge_gmacs: float = 1000.0  # edge speed in GMAC/s; a server GPU, conservatively
-    ratio: float = 64.0  # bit compression of the codec vs the float32 feature (BottleNet++: 64-256)
+    ratio: float | None = 64.0  # bit compression of the codec vs the float32 feature (BottleNet++: 64-256)
+    bits_per_image: float | None = None  # instead of ratio: this payload at every point (ratio must be None)
 
     def validate(self) -> None:
+        if (self.ratio is None) == (self.bits_per_image is None):
+            given = "both" if self.ratio is not None else "neither"
+            raise BnppError(f"budget: {given} of ratio={self.ratio} and bits_per_image={self.bits_per_image} given: "
+                            "the payload is one of them (--ratio or --bits-per-image)")
         for key, value in asdict(self).items():
-            if not value > 0 or value == float("inf"):
+            if value is not None and (not value > 0 or value == float("inf")):
                 raise BnppError(f"budget {key}={value} must be a positive finite number")
+
+    def payload_bits(self, elements: int) -> float:
+        """Bits per image crossing the link at a point with this many float32 feature elements."""
+        return float(self.bits_per_image) if self.bits_per_image is not None else 32 * elements / self.ratio
+
+    def describe(self) -> str:
+        """The payload assumption in words: a ratio, or bits per image, at every point."""
+        if self.bits_per_image is not None:
+            return f"{self.bits_per_image:g} bits per image"
+        return f"a {self.ratio:g}x codec"
 
 
 @dataclass
@@ -65,11 +83,12 @@ class PointProfile:
     edge_macs: int
     edge_params: int
     latency_ms: float  # head, batch 1, median on this machine
-    payload_bits: int  # under the budget's ratio
+    payload_bits: int  # under the budget's ratio, or its bits_per_image
     est_latency_ms: float  # device + link + edge under the budget
     max_abs_diff: float | None = None  # with verify
     layout: dict[str, Any] = field(default_factory=dict)  # split.layouts: kind, grid, prefix_tokens, source
     latency_range_ms: list[float] = field(default_factory=list)  # [min, max] of the timed runs (spread)
+    payload_ratio: float = 0.0  # 32 * elements / payload_bits: the bit compression the payload means here
 
 
 @dataclass
@@ -126,14 +145,14 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
         edge_params = sum(t.numel() for t in tail.parameters())
         device_macs = cumulative[p.node]
         edge_macs = total_macs - device_macs
-        payload_bits = int(round(32 * p.elements / config.budget.ratio))
+        payload_bits = int(round(config.budget.payload_bits(p.elements)))
         row = PointProfile(
             name=p.name, aliases=list(p.aliases), shape=list(p.shape), layout=_layout_of(p),
             elements=p.elements, bytes=4 * p.elements,
             zero_fraction=zero, near_zero_fraction=near, device_macs=device_macs, device_params=device_params,
             edge_macs=edge_macs, edge_params=edge_params, latency_ms=head_ms,
             payload_bits=payload_bits, est_latency_ms=_estimate_ms(device_macs, payload_bits, edge_macs, config.budget),
-            latency_range_ms=head_range,
+            latency_range_ms=head_range, payload_ratio=32 * p.elements / max(payload_bits, 1),
         )
         if reference is not None:
             with torch.no_grad():
@@ -147,6 +166,10 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
     if unknown:
         notes.append(f"feature layout unknown at {', '.join(unknown)}: bnpp will not guess it, so fit refuses "
                      "there (--json gives the reason)")
+    expanded = [r.name for r in rows if r.payload_ratio < 1]
+    if expanded:
+        notes.append(f"{config.budget.bits_per_image:g} bits per image exceed the float32 feature at "
+                     f"{', '.join(expanded)} (ratio below 1): sending the feature itself would be smaller there")
     if source == "random":
         notes.append("sparsity measured on random normal inputs, not images: pass --data for real figures")
     return ModelProfile(
@@ -181,9 +204,13 @@ def recommend(rows: list[PointProfile], budget: Budget, input_size, total_macs: 
         "best_est_latency_ms": best.est_latency_ms,
         "pareto": pareto,
         "budget": asdict(budget),
-        "formula": "device_macs/device_gmacs + 32*elements/ratio/bandwidth + edge_macs/edge_gmacs",
-        "ratio_assumed": True,  # the same codec ratio at every point, accuracy not measured
-        "note": f"assumes a {budget.ratio:g}x codec at every split point and does not measure accuracy; "
+        "formula": ("device_macs/device_gmacs + bits_per_image/bandwidth + edge_macs/edge_gmacs"
+                    if budget.bits_per_image is not None else
+                    "device_macs/device_gmacs + 32*elements/ratio/bandwidth + edge_macs/edge_gmacs"),
+        "payload": {"bits_per_image": budget.bits_per_image} if budget.bits_per_image is not None
+        else {"ratio": budget.ratio},
+        "ratio_assumed": True,  # the same codec ratio (or payload) at every point, accuracy not measured
+        "note": f"assumes {budget.describe()} at every split point and does not measure accuracy; "
                 f"`bnpp search MODEL --data DIR --max-drop 1` chooses the split and rate from measured accuracy",
         "baselines": {
             "edge_only_ms": _estimate_ms(0, image_bits, total_macs, budget),  # send raw 8-bit pixels
