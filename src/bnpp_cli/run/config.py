@@ -51,8 +51,8 @@ class FitConfig:
     lmbda: float | None = None  # entropy preset: rate weight, loss += lmbda x bits per image; None: the recipe
     augment: bool = True  # random crop + flip: the CIFAR convention, and what timm's train.py does
     # phase codec without augmentation: the frozen head's features and teacher logits computed once
-    # (run.features). False: off; True: in memory; a directory: memory-mapped .npy files kept there
-    # and shared by later fits of the same backbone, split, images and normalisation
+    # (run.features). True: in memory; a directory: memory-mapped .npy files kept there and shared by
+    # later fits of the same backbone, split, images and normalisation. Off by default: fits augment
     feature_cache: bool | str = False
     device: str = "cpu"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
