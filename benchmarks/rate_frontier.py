@@ -38,7 +38,7 @@ def rel(path) -> str:
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--splits", default="layer4,layer3,layer2,layer1")
+    ap.add_argument("--splits", default="layer3,layer4,layer2,layer1")
     ap.add_argument("--ratios", default="16,32,64,128,256")
     ap.add_argument("--levels", default="1,2", help="drop levels in points")
     ap.add_argument("--train-limit", type=int, default=10000)
