@@ -69,6 +69,39 @@ def stale(run_dir: Path, cfg, point) -> str | None:
     return "codec " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()) if diff else None
 
 
+def plot(result: dict, path: Path) -> None:
+    """Drop in points against device MACs (the three blocks), per preset and ratio: AWGN 20 dB, BEC p = 0.01."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    panels = [("awgn", {"snr_db": 20.0}, "AWGN, PSNR 20 dB"), ("bec", {"erasure": 0.01}, "BEC p = 0.01, 8-bit symbols")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    for ax, (channel, cond, title) in zip(axes, panels):
+        for method, style in (("bnpp-best", "-"), ("bottlenetpp-faithful", "--")):
+            for ratio, marker in ((64.0, "s"), (16.0, "o")):
+                pts = sorted((r["device_macs"] / 1e6, r["drop"], r["split"]) for r in rows if r["method"] == method
+                             and r["asked_ratio"] == ratio and r["channel"] == channel and r["condition"] == cond)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style + marker, ms=4,
+                            label=f"{method} {int(ratio)}x")
+                    if method == "bnpp-best" and ratio == 64.0:
+                        for x, y, split in pts:
+                            ax.annotate(split, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_title(f"{title} ({result['train_limit']} images x {result['epochs']} epoch)", fontsize=8)
+        ax.set_xlabel("device MACs (head + encoder), M", fontsize=7)
+        ax.set_ylabel("drop vs the uncut ViT (points)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results folder")
@@ -82,7 +115,11 @@ def main() -> int:
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--name", default="rate_accuracy_tokens", help="results file stem")
+    ap.add_argument("--plot-only", metavar="RESULTS_JSON", help="only draw the plot of a results file")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+        return 0
     if not CHECKPOINT.is_file() or not (DATA / "test.npz").is_file():
         print(f"needs {CHECKPOINT} and {DATA}: not present, nothing to do", file=sys.stderr)
         return 2
@@ -170,6 +207,7 @@ def main() -> int:
                               f"drop {rows[-1]['drop']:6.2f}", flush=True)
                     save()
     save(final=True)
+    plot(json.loads((out / f"{args.name}.json").read_text()), out / f"{args.name}.png")
     return 0
 
 
