@@ -11,6 +11,7 @@ the recommendation with the full benchmark grid (benchmarks/README.md: the earli
     python benchmarks/search_resnet18.py --name X ...    # another results name (and search directory)
     python benchmarks/search_resnet18.py --no-augment --name search_resnet18_cached \
         --compare benchmarks/results/search_resnet18.json   # fits from the feature cache, drops side by side
+    python benchmarks/search_resnet18.py --augment        # session 4's search (commit 12b7df8 augmented)
 
 The candidates' runs go to runs/search_resnet18 (not committed); a second invocation reuses them.
 """
@@ -69,8 +70,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--draws", type=int, default=2)
     ap.add_argument("--test-draws", type=int, default=2)
-    ap.add_argument("--no-augment", dest="augment", action="store_false",
-                    help="fits without random crop + flip: the feature cache serves them (DIR/features)")
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                    help="random crop + flip in the fits (the search's default is off: the feature cache serves them)")
     ap.add_argument("--compare", default=None,
                     help="a results JSON of the same search with augmentation: per-candidate validation drops side by side")
     ap.add_argument("--device", default="cpu")

@@ -35,7 +35,7 @@ def search(
     rounds: Annotated[int, typer.Option(help="Rounds of halving (round r: eta^r x round 0's budget).")] = 3,
     preset: Annotated[str, typer.Option(help="Codec preset: bnpp or bottlenetpp.")] = "bnpp",
     batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size [preset's].")] = None,
-    augment: Annotated[bool, typer.Option(help="Random crop + flip in the fits.")] = True,
+    augment: Annotated[bool, typer.Option(help="Random crop + flip in the fits (off: the feature cache serves them).")] = False,
     cache_features: Annotated[Optional[bool], typer.Option(
         "--cache-features/--no-cache-features",
         help="Compute each split's frozen-head features once, under DIR/features [on with --no-augment].")] = None,

@@ -72,7 +72,9 @@ class SearchConfig:
     rounds: int = 3  # round 2 at eta^2 = 9x round 0's budget
     preset: str = "bnpp"
     batch_size: int | None = None  # None: the preset's recipe
-    augment: bool = True  # as bnpp fit
+    # off: the short fits lost nothing measurable without it (benchmarks/README.md, search_resnet18_cached),
+    # and it lets every candidate at a split share the frozen head's features (feature_cache)
+    augment: bool = False
     feature_cache: bool | None = None  # None: on when augment is off (DIR/features, shared by a split's candidates)
     draws: int = 2  # noise draws per measurement: the drop's spread is a few tenths at 2,500 images
     device: str = "cpu"
