@@ -67,8 +67,12 @@ def test_directory_cache_is_shared_and_holds_plain_arrays(three_fits):
     # fewer rows: a prefix of the same entry; more rows: rebuilt with the new count
     _, fewer = _fit(tmp, data, "dir-32", str(tmp / "cache"), limit=32)
     assert fewer.features["built"] is False and fewer.features["key"] == first["key"]
-    _, more = _fit(tmp, data, "dir-72", str(tmp / "cache"), limit=72)
+    extended, more = _fit(tmp, data, "dir-72", str(tmp / "cache"), limit=72)
     assert more.features["built"] is True and more.features["key"] == first["key"]
+    assert more.features["computed_rows"] == 8  # only the rows the entry lacked
+    plain, _ = _fit(tmp, data, "images-72", False, limit=72)
+    for k in plain:  # the extended entry trains the same codec as the images do
+        torch.testing.assert_close(extended[k], plain[k], rtol=1e-5, atol=1e-6)
     meta = json.loads((tmp / "cache" / f"{first['key']}.json").read_text())
     assert meta["rows"] == 72 and meta["feature_shape"] == [48, 4, 4] and meta["dtype"] == "float32"
     feats = np.load(tmp / "cache" / f"{first['key']}.features.npy", allow_pickle=False)

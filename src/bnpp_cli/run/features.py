@@ -14,7 +14,8 @@ KEY is a hash of everything that determines the arrays: the architecture and its
 the weights' bytes, the split and its shape, the training images' bytes and labels in order, the
 normalisation (mean, std), the device type and autocast. The cache holds the first ``rows`` rows of
 ``source`` (a fit's --limit takes a prefix): a later fit needing no more rows reuses it, one
-needing more rebuilds it with its own count. So candidates at the same split share one entry.
+needing more computes the missing rows only and rewrites the entry with its own count. So the
+candidates at one split share one entry, and a search's growing rounds compute each row once.
 """
 
 from __future__ import annotations
@@ -128,17 +129,20 @@ def build_features(pipeline: nn.Module, source, rows: int, transform: BatchTrans
     key_s = time.perf_counter() - t0
     entry = _Entry(Path(directory), key)
     found = entry.read(rows)
+    info = {"rows": rows, "key": key, "key_s": key_s, "where": str(entry.meta)}
     if found is not None:
-        f, t, labels = found
-        return FeatureCache(f, t, labels, {"built": False, "rows": rows, "key": key, "key_s": key_s,
-                                           "build_s": 0.0, "where": str(entry.meta)})
-    f, t = compute(pipeline, used, transform, device, amp)
+        return FeatureCache(*found, {**info, "built": False, "build_s": 0.0, "computed_rows": 0})
+    t1 = time.perf_counter()
+    held = entry.read(None)  # fewer rows than asked (an earlier, smaller fit): only the rest is computed
+    start = len(held[2]) if held is not None else 0
+    f, t = compute(pipeline, torch.utils.data.Subset(source, range(start, rows)), transform, device, amp)
     labels = dataset_labels(used)
+    if start:
+        f = torch.cat([torch.from_numpy(np.array(held[0])), f])
+        t = torch.cat([torch.from_numpy(np.array(held[1])), t])
     entry.write(f, t, labels)
-    build_s = time.perf_counter() - t0
-    f, t, labels = entry.read(rows)
-    return FeatureCache(f, t, labels, {"built": True, "rows": rows, "key": key, "key_s": key_s, "build_s": build_s,
-                                       "where": str(entry.meta)})
+    build_s = time.perf_counter() - t1
+    return FeatureCache(*entry.read(rows), {**info, "built": True, "build_s": build_s, "computed_rows": rows - start})
 
 
 def check_fit(config: FitConfig, world: int) -> None:
@@ -179,15 +183,16 @@ class _Entry:
         self.meta = directory / f"{key}.json"
         self.arrays = {name: directory / f"{key}.{name}.npy" for name in ("features", "teacher", "labels")}
 
-    def read(self, rows: int):
-        """(features, teacher, labels) of the first ``rows`` rows, memory-mapped; None when the
-        entry is missing, holds fewer rows, or its files do not match its JSON."""
+    def read(self, rows: int | None):
+        """(features, teacher, labels) of the first ``rows`` rows (None: all it holds), memory-mapped;
+        None when the entry is missing, holds fewer rows, or its files do not match its JSON."""
         try:
             meta = json.loads(self.meta.read_text())
             arrays = {k: np.load(p, mmap_mode="r", allow_pickle=False) for k, p in self.arrays.items()}
         except (OSError, ValueError):
             return None
         n = meta.get("rows", 0)
+        rows = n if rows is None else rows
         if n < rows or any(len(a) != n for a in arrays.values()) or meta.get("key") != self.key:
             return None
         labels = torch.from_numpy(np.array(arrays["labels"][:rows]))
