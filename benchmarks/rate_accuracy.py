@@ -41,6 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def rel(path) -> str:
+    """A path relative to the repository when it lies inside it (results files stay portable)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
 def machine() -> dict:
     return {"cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
             "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()

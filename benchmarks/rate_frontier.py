@@ -27,13 +27,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-from rate_accuracy import commit, machine  # noqa: E402  (the grid benchmark's own; benchmarks/ is sys.path[0])
-
-
-def rel(path) -> str:
-    """A run's path relative to the repository when it lies inside it."""
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+from rate_accuracy import commit, machine, rel  # noqa: E402  (the grid benchmark's own; benchmarks/ is sys.path[0])
 
 
 def parse() -> argparse.Namespace:
