@@ -134,6 +134,18 @@ def test_power_normalised_channel_is_refused(tmp_path):
         tiny_run(tmp_path, preset="variable", channel="awgn-power", condition=10.0)
 
 
+def test_no_validation_images_is_refused(tmp_path):
+    """The length table is chosen on validation images: without any, the fit stops before it starts
+    (a 'variable' code that silently always sends the whole code would be a success not earned)."""
+    from bnpp_cli.errors import BnppError
+
+    from .helpers import tiny_run
+
+    with pytest.raises(BnppError, match=r"--val-fraction 0 holds none out"):
+        tiny_run(tmp_path, preset="variable", condition=(5.0, 25.0), val_fraction=0.0)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def variable_run(fitted):
     return fitted(preset="variable", condition=(5.0, 25.0), ratio=2.0, val_fraction=0.25)

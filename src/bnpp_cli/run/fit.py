@@ -82,6 +82,10 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     if get_preset(config.preset).entropy_coded and config.channel.name != "none":
         raise BnppError(f"the {config.preset} preset codes over an error-free link, not --channel {config.channel.name} "
                         f"(its channel code at capacity is computed by link.capacity)", hint="use --channel none")
+    if get_preset(config.preset).variable_length and not config.val_data and not config.val_fraction > 0:
+        raise BnppError(f"the {config.preset} preset chooses its code length per condition on validation images, "
+                        f"and --val-fraction {config.val_fraction:g} holds none out",
+                        hint="give --val-data, or a --val-fraction above 0 (default 0.1)")
     torch.manual_seed(config.seed)  # a random-init backbone is reproducible too
     backbone = load_backbone(config.backbone)
     saved = run_dir.read_config() if config.resume else None
