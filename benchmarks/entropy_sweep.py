@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,14 +29,7 @@ import torch
 
 from bnpp_cli import EvalConfig, RunDir, evaluate_run
 from bnpp_cli.run.baselines import validation_images, write_images_npz
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from rate_accuracy import commit  # noqa: E402  (the grid benchmark's own; benchmarks/ is sys.path[0])
 
 
 def main() -> None:

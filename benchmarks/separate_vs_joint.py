@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,19 +37,12 @@ import torch
 from bnpp_cli import BackboneConfig, load_backbone, load_dataset
 from bnpp_cli.link import capacity
 from bnpp_cli.run.baselines import measure_images
+from rate_accuracy import commit  # noqa: E402  (the grid benchmark's own; benchmarks/ is sys.path[0])
 
 DESIGNS_DB = (10.0, 20.0)
 TRUE_DB = tuple(float(s) for s in range(0, 31))
 TABLE_DB = tuple(float(s) for s in range(0, 31, 5))
 RATIOS = (16.0, 64.0, 256.0)
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def separate_rows(split: str, scheme: str, bits: float, top1: float, classes: int, extra: dict) -> list[dict]:
@@ -227,7 +219,7 @@ def plot(out: dict, path: Path) -> None:
                        label=f"{r['scheme']} {r['bits_per_image']:.1f} bits, code for {r['design_snr_db']:g} dB "
                              f"({r['channel_uses']:.0f} uses), AWGN")
             right.plot(xs, [100 * v for v in r["top1_rayleigh_mean_snr"].values()], color="tab:orange", ls=ls,
-                       label=f"same, Rayleigh block fading (mean SNR)")
+                       label="same, Rayleigh block fading (mean SNR)")
         right.set_xlabel("true channel SNR (dB; analog: PSNR)")
         right.set_ylabel("top-1 (%)")
         right.set_title("the cliff: an ideal code below its design SNR; the analog code degrades")
