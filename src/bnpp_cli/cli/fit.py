@@ -109,6 +109,8 @@ def fit(
     hidden_channels: Annotated[Optional[int], typer.Option(help="bnpp preset: width of its extra layers.")] = None,
     encoder_blocks: Annotated[Optional[int], typer.Option(
         help="bnpp preset: residual blocks in the encoder (device side) [1].")] = None,
+    decoder_blocks: Annotated[int, typer.Option(
+        help="bnpp preset: residual blocks in the decoder (edge side; device MACs unchanged).")] = 0,
     spatial_reduction: Annotated[Optional[bool], typer.Option(
         "--spatial-reduction/--no-spatial-reduction",
         help="Halve H and W in the encoder (default: preset bnpp when C/ratio < 4 and H, W >= 4; "
@@ -129,6 +131,9 @@ def fit(
         help="Weight of distillation from the uncut model [preset's: 1 / 0].")] = None,
     distill_temperature: Annotated[Optional[float], typer.Option(
         help="Softmax temperature of the distillation [preset's: bnpp 4].")] = None,
+    distill_features: Annotated[Optional[float], typer.Option(
+        help="Weight of the tail's pre-logits features' relative squared error against the uncut model's "
+             "(also distilled; not with --cache-features) [0].")] = None,
     augment: Annotated[bool, typer.Option(help="Random crop + flip.")] = True,
     cache_features: Annotated[bool, typer.Option(
         "--cache-features", help="Compute the frozen head's features and teacher logits once, not every "
@@ -170,10 +175,12 @@ def fit(
     config = FitConfig(
         backbone=backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs, mean, std), split=split, data=data,
         out=str(out), channel=link, ratio=ratio, code_channels=code_channels, preset=preset,
-        hidden_channels=hidden_channels, encoder_blocks=encoder_blocks, spatial_reduction=spatial_reduction,
+        hidden_channels=hidden_channels, encoder_blocks=encoder_blocks, decoder_blocks=decoder_blocks,
+        spatial_reduction=spatial_reduction,
         val_data=val_data, val_fraction=val_fraction, data_root=data_root, limit=limit, codec_epochs=codec_epochs,
         joint_epochs=joint_epochs, lr=lr, joint_lr=joint_lr, lr_schedule=lr_schedule, batch_size=batch_size,
-        distill=distill, distill_temperature=distill_temperature, lmbda=lmbda, augment=augment,
+        distill=distill, distill_temperature=distill_temperature,
+        distill_features=distill_features, lmbda=lmbda, augment=augment,
         feature_cache=str(cache_dir) if cache_dir is not None else cache_features, device=device, seed=seed,
         resume=resume, overwrite=overwrite, checkpoint_steps=checkpoint_steps,
         checkpoint_minutes=checkpoint_minutes or None,

@@ -43,6 +43,7 @@ class CodecConfig:
     output_activation: str = "relu"  # "relu" for a non-negative feature (post-ReLU), else "none"
     decoder_condition: bool = False  # feed the channel parameter to the decoder too
     encoder_blocks: int = 0  # residual blocks in the encoder (plan_codec: the preset's default)
+    decoder_blocks: int = 0  # residual blocks in the decoder, at the inner width (edge side; device MACs unchanged)
     layout: FeatureLayout = field(default_factory=FeatureLayout)  # how f is laid out; runs before layouts: nchw
     prefix_code_channels: int = 0  # k, code symbols per prefix token (tokens layouts with prefix tokens only)
     standardize: bool = False  # per-channel (f - mean) / std around the codec, measured in training (codec.standardize)
@@ -73,6 +74,11 @@ class CodecConfig:
             raise CodecError("a standardised feature is signed: its decoder ends without an output activation")
         if self.spatial_reduction and not any(self.conv_axes):
             raise CodecError("spatial reduction needs an axis to halve: a vector feature has none")
+        if int(self.decoder_blocks) != self.decoder_blocks or self.decoder_blocks < 0:
+            raise CodecError(f"decoder_blocks {self.decoder_blocks} must be an integer >= 0")
+        if self.decoder_blocks and preset.default_encoder_blocks is None:
+            raise CodecError(f"decoder_blocks {self.decoder_blocks}: preset {self.preset!r} is the paper's one-conv "
+                             f"decoder, without residual blocks")
         if self.encoder_blocks and preset.default_encoder_blocks is None:
             have = [n for n in list_presets() if get_preset(n).default_encoder_blocks is not None]
             raise CodecError(f"encoder_blocks {self.encoder_blocks}: only the {', '.join(have)} preset has residual "
@@ -138,7 +144,8 @@ class CodecConfig:
         return CodecConfig(preset=self.preset, in_channels=self.in_channels, feature_hw=(1, 1),
                            code_channels=self.prefix_code_channels,  # the preset's inner width for D -> k
                            output_activation=self.output_activation, decoder_condition=self.decoder_condition,
-                           encoder_blocks=self.encoder_blocks, layout=FeatureLayout("vector"),
+                           encoder_blocks=self.encoder_blocks, decoder_blocks=self.decoder_blocks,
+                           layout=FeatureLayout("vector"),
                            standardize=self.standardize)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,7 +173,7 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
                code_channels: int | None = None, spatial_reduction: bool | None = None,
                preset: str = "bnpp", output_activation: str | None = None,
                feature_nonnegative: bool = True, hidden_channels: int | None = None,
-               encoder_blocks: int | None = None) -> CodecConfig:
+               encoder_blocks: int | None = None, decoder_blocks: int = 0) -> CodecConfig:
     """Choose C' (and whether to halve H, W) for a target bandwidth ratio or a given C'.
 
     ``layout`` is the split point's (split.layouts); None means a (C, H, W) conv map. The feature is
@@ -243,5 +250,5 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
                        spatial_reduction=spatial, output_activation=output_activation,
                        decoder_condition=spec.decoder_condition,
                        hidden_channels=hidden_channels if spec.hidden_width is not None else None,
-                       encoder_blocks=blocks, layout=layout, prefix_code_channels=k,
+                       encoder_blocks=blocks, decoder_blocks=decoder_blocks, layout=layout, prefix_code_channels=k,
                        standardize=spec.standardize_signed and output_activation == "none")

@@ -14,7 +14,8 @@ compares a preset's name: ``plan_codec``, ``CodecConfig`` and ``fit`` ask the pr
 - ``bnpp``: two conv layers per side with ``hidden_channels`` in between (BN + ReLU), plus
   ``encoder_blocks`` residual blocks at that width in the encoder, the condition plane fed to the
   decoder too; the encoder still ends in BN -> sigmoid; the decoder in a biased conv and the output
-  activation. Also halves H, W for a thin code (C / ratio < 4) on a map of at least 4 x 4.
+  activation; ``decoder_blocks`` residual blocks after its first layer give the edge more capacity
+  where the code is thin (device MACs unchanged). Also halves H, W for a thin code (C / ratio < 4) on a map of at least 4 x 4.
 
 Both build the same layers for every feature layout: 3 x 3 convs on maps and patch grids, 3 x 1 on
 a token sequence (the 1-D codec), 1 x 1 on a vector and on each prefix token (codec.layers ``axes``).
@@ -56,6 +57,7 @@ class Recipe:
     distill_temperature: float  # softmax temperature T of that KL
     lr_schedule: str  # "cosine" (per step to 0 over each phase) or "constant"
     lmbda: float = 0.0  # rate weight (entropy-coded presets only): loss += lmbda x bits per image
+    distill_features: float = 0.0  # weight of the tail's pre-logits features' relative squared error (run.loop)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def _bnpp_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
     )
     decoder = nn.Sequential(
         up(k + int(cfg.decoder_condition), hid, s, ax), nn.BatchNorm2d(hid), nn.ReLU(inplace=True),
+        *[ResidualBlock(hid, ax) for _ in range(cfg.decoder_blocks)],
         conv3(hid, c, ax), *activation(cfg.output_activation), *std[1:],
     )
     return encoder, decoder

@@ -36,6 +36,7 @@ class FitConfig:
     preset: str = "bnpp"  # codec architecture; "bottlenetpp" is the paper's
     hidden_channels: int | None = None  # bnpp preset: width of the extra layer (None: the preset's default)
     encoder_blocks: int | None = None  # bnpp preset: residual blocks in the encoder (None: the preset's default)
+    decoder_blocks: int = 0  # bnpp preset: residual blocks in the decoder (edge side)
     val_data: str | None = None  # held-out images; default: val_fraction of --data
     val_fraction: float = 0.1  # a tenth: enough images for a stable top-1, most left to train on
     data_root: str | None = None  # where torchvision datasets live / are downloaded
@@ -48,6 +49,9 @@ class FitConfig:
     batch_size: int | None = None  # per process; None: the preset's recipe
     distill: float | None = None  # weight of KL(uncut model || pipeline); None: the preset's recipe
     distill_temperature: float | None = None  # softmax temperature T of that KL (scaled by T^2); None: recipe
+    # weight of || g - g_uncut ||^2 / || g_uncut ||^2, g the tail's pre-logits features (the classifier's
+    # input), as well as the logits; None: the recipe (0). Not with a feature cache (it holds logits only)
+    distill_features: float | None = None
     lmbda: float | None = None  # entropy preset: rate weight, loss += lmbda x bits per image; None: the recipe
     augment: bool = True  # random crop + flip: the CIFAR convention, and what timm's train.py does
     # phase codec without augmentation: the frozen head's features and teacher logits computed once

@@ -152,6 +152,9 @@ def check_fit(config: FitConfig, world: int) -> None:
     if config.augment:
         raise BnppError("--cache-features needs fixed inputs: it cannot be combined with --augment "
                         "(random crops and flips change the features every epoch)", hint="add --no-augment")
+    if config.distill_features:
+        raise BnppError(f"--cache-features holds the teacher's logits, not the tail features --distill-features "
+                        f"{config.distill_features:g} matches", hint="drop --cache-features, or use --distill-features 0")
     if config.joint_epochs > 0:
         raise BnppError(f"--cache-features serves the frozen-backbone phase only, not --joint-epochs "
                         f"{config.joint_epochs} (phase joint changes the head)", hint="use --joint-epochs 0")

@@ -40,7 +40,7 @@ from . import distributed
 from .config import FitConfig, RunConfig
 from .features import FeatureCache, check_fit, for_fit
 from .lengths import calibrate_lengths
-from .loop import Callback, EpochSpec, make_optimizer, set_trainable, train_epoch, validate
+from .loop import Callback, EpochSpec, classifier_name, make_optimizer, set_trainable, train_epoch, validate
 from .pipeline import SplitPipeline, build_pipeline
 from .rundir import CONFIG_FILE, RunDir
 
@@ -48,7 +48,8 @@ from .rundir import CONFIG_FILE, RunDir
 def resolve_recipe(config: FitConfig) -> FitConfig:
     """Fill the fields left None from the preset's recipe (explicit values always win)."""
     recipe = get_preset(config.preset).recipe
-    fill = {k: getattr(recipe, k) for k in ("lr", "batch_size", "distill", "distill_temperature", "lr_schedule", "lmbda")}
+    fill = {k: getattr(recipe, k) for k in ("lr", "batch_size", "distill", "distill_temperature", "lr_schedule", "lmbda",
+                                          "distill_features")}
     return replace(config, **{k: v for k, v in fill.items() if getattr(config, k) is None})
 
 
@@ -111,7 +112,8 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     codec_cfg = plan_codec(point.shape, layout=layout, ratio=config.ratio if config.code_channels is None else None,
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
                            preset=config.preset, feature_nonnegative=_nonnegative(head, train_set, backbone.data_config),
-                           hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks)
+                           hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks,
+                           decoder_blocks=config.decoder_blocks)
     if saved is not None:
         _check_same_codec(run_dir, saved.codec, codec_cfg)
     _check_batches(len(train_set), config.batch_size, world)
@@ -208,6 +210,7 @@ def _check_numbers(c: FitConfig) -> None:
     bad = [(k, v) for k, v in (("--codec-epochs", c.codec_epochs), ("--joint-epochs", c.joint_epochs)) if v < 0]
     bad += [(k, v) for k, v in (("--lr", c.lr), ("--joint-lr", c.joint_lr), ("--batch-size", c.batch_size)) if not v > 0]
     bad += [("--distill", c.distill)] if c.distill < 0 else []
+    bad += [("--distill-features", c.distill_features)] if not 0 <= c.distill_features < float("inf") else []
     bad += [("--lmbda", c.lmbda)] if not 0 <= c.lmbda < float("inf") else []
     bad += [("--distill-temperature", c.distill_temperature)] if not c.distill_temperature > 0 else []
     if c.lr_schedule not in LR_SCHEDULES:
@@ -280,7 +283,9 @@ class _Trainer:
         self.epochs: list[dict[str, Any]] = []
         self.validation: dict[str, Any] = {}
         # the uncut model as it was before fine-tuning, for distillation in phase joint
-        self.teacher = copy.deepcopy(model).eval() if config.distill > 0 and config.joint_epochs > 0 else None
+        distills = config.distill > 0 or config.distill_features > 0
+        self.teacher = copy.deepcopy(model).eval() if distills and config.joint_epochs > 0 else None
+        self.probe = classifier_name(model, pipeline.tail) if config.distill_features > 0 else None
         self.plan = [("codec", i) for i in range(config.codec_epochs)] + [("joint", i) for i in range(config.joint_epochs)]
         # mid-epoch checkpoints hold this process's generators: one process only (under torchrun,
         # every rank's would be needed), so torchrun runs checkpoint at epoch ends
@@ -320,7 +325,8 @@ class _Trainer:
                     self.cb("phase", {"phase": ph, "epochs": epochs})
                 torch.manual_seed(self.c.seed * 1000 + step)
                 spec = EpochSpec(ph, epoch, step, self.c.seed, self.c.batch_size, self.c.distill,
-                                 self.c.distill_temperature, self.c.amp, self.rank, self.world, self.c.lmbda)
+                                 self.c.distill_temperature, self.c.amp, self.rank, self.world, self.c.lmbda,
+                                 self.c.distill_features, self.probe)
                 after = lambda pos, ph=ph, step=step, epoch=epoch: self._after_batch(
                     pos, stop, ph, epoch, step, optimizer, scheduler)
                 images = self.features if self.features is not None else self.train_set

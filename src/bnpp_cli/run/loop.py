@@ -58,6 +58,44 @@ def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: 
                             log_target=True, reduction="batchmean")
 
 
+def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """|| g - g_t ||^2 / || g_t ||^2 over the batch: the relative squared error of the tail's
+    features (FitNets, Romero et al., 2015, at the classifier's input), free of their scale."""
+    s, t = student.float().flatten(1), teacher.float().flatten(1)
+    return (s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)
+
+
+def classifier_name(model: nn.Module, tail: nn.Module) -> str:
+    """The qualified name of the backbone's classifier (timm's pretrained_cfg["classifier"]) in the tail."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    name = name[0] if isinstance(name, (list, tuple)) and name else name
+    try:
+        if isinstance(name, str) and name:
+            tail.get_submodule(name)
+            return name
+    except AttributeError:
+        pass
+    raise RunError(f"--distill-features matches the input of the classifier, and this tail has no classifier "
+                   f"module {name!r} (timm's pretrained_cfg['classifier'])", hint="use --distill-features 0")
+
+
+class _Probe:
+    """The input of one module at its last forward (a forward pre-hook): the tail's pre-logits features."""
+
+    def __init__(self, module: nn.Module):
+        self.value: torch.Tensor | None = None
+        self.handle = module.register_forward_pre_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: tuple) -> None:
+        self.value = args[0]
+
+    def take(self) -> torch.Tensor:
+        value, self.value = self.value, None
+        if value is None:
+            raise RunError("the classifier did not run in this forward pass: no features to distil")
+        return value
+
+
 def set_trainable(pipeline: nn.Module, phase: str) -> list[nn.Parameter]:
     """Phase codec: only the codec learns; phase joint: everything. BN of the backbone stays frozen."""
     joint = phase == "joint"
@@ -85,6 +123,8 @@ class EpochSpec:
     rank: int = 0
     world: int = 1
     lmbda: float = 0.0  # rate weight of an entropy code: loss += lmbda x bits per image
+    distill_features: float = 0.0  # weight of feature_distillation_loss at the classifier's input
+    classifier: str | None = None  # that module's name in the tail and in the teacher (with distill_features)
 
 
 def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teacher: nn.Module | None,
@@ -111,6 +151,13 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + spec.step * 31 + spec.rank)
     aug_gen = torch.Generator().manual_seed(spec.seed * 104729 + spec.step * 17 + spec.rank)
     channel = pipeline.channel
+    fd = spec.distill_features > 0
+    if fd and cache is not None:
+        raise RunError("--distill-features needs the teacher's tail features; a feature cache holds logits only")
+    probe = _Probe(pipeline.tail.get_submodule(spec.classifier)) if fd else None  # type: ignore[arg-type]
+    # phase codec: the teacher is the same frozen tail on the uncut features; phase joint: the uncut model
+    joint_teacher = fd and teacher is not None and spec.phase == "joint"
+    teacher_probe = _Probe(teacher.get_submodule(spec.classifier)) if joint_teacher else probe  # type: ignore[union-attr]
     prior = find_prior(pipeline.codec)  # an entropy code: its rate joins the loss
     total, correct, loss_sum, seen, start, before_s = len(loader), 0, 0.0, 0, 0, 0.0
     if resume is not None:
@@ -146,15 +193,19 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
                 if cache is None:
                     with torch.no_grad():
                         f = pipeline.head(x)
-                        target = pipeline.tail(f) if spec.distill > 0 else None
+                        target = pipeline.tail(f) if spec.distill > 0 or fd else None
+                taught = teacher_probe.take() if fd else None  # the same tail ran on the uncut features
                 logits = forward(f, param, gen, True)
             else:
                 with torch.no_grad():
                     target = teacher(x) if teacher is not None else None
+                taught = teacher_probe.take() if fd and teacher is not None else None
                 logits = forward(x, param, gen)
             loss = F.cross_entropy(logits.float(), y)
-            if target is not None:
+            if target is not None and spec.distill > 0:
                 loss = loss + spec.distill * distillation_loss(logits, target, spec.distill_temperature)
+            if taught is not None:
+                loss = loss + spec.distill_features * feature_distillation_loss(probe.take(), taught)
             if prior is not None:
                 loss = loss + prior.rate_loss(spec.lmbda)
         optimizer.zero_grad(set_to_none=True)
@@ -173,6 +224,8 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
                                "images_per_s": rate})
         if after_batch is not None:
             after_batch(position)
+    for p in {id(q): q for q in (probe, teacher_probe) if q is not None}.values():
+        p.handle.remove()
     return {"phase": spec.phase, "epoch": spec.epoch, "train_loss": loss_sum / max(seen, 1),
             "train_top1": correct / max(seen, 1), "seconds": before_s + time.perf_counter() - t0,
             "images": seen * spec.world}

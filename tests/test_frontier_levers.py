@@ -1,0 +1,86 @@
+"""The rate frontier's levers (issue 18): decoder residual blocks and tail-feature distillation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from bnpp_cli.cli import app
+from bnpp_cli.codec.config import CodecConfig, plan_codec
+from bnpp_cli.codec.layers import ResidualBlock
+from bnpp_cli.codec.model import build_codec
+from bnpp_cli.errors import CodecError, RunError
+from bnpp_cli.run.loop import classifier_name, feature_distillation_loss
+from bnpp_cli.split.macs import count_macs
+
+from .helpers import tiny_npz, tiny_run
+
+
+def test_decoder_blocks_add_edge_capacity_only():
+    thin = plan_codec((128, 4, 4), ratio=64)
+    wide = plan_codec((128, 4, 4), ratio=64, decoder_blocks=2)
+    assert wide.decoder_blocks == 2 and wide.code_shape == thin.code_shape == (8, 2, 2)
+    a, b = build_codec(thin).eval(), build_codec(wide).eval()
+    assert sum(isinstance(m, ResidualBlock) for m in b.decoder.modules()) == 2
+    assert sum(isinstance(m, ResidualBlock) for m in b.encoder.modules()) == 1  # the preset's one, unchanged
+    f = torch.rand(1, 128, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert count_macs(a.encoder, f, 0.0) == count_macs(b.encoder, f, 0.0)  # device MACs unchanged
+    z = a.encoder(f, 0.0)
+    # each block: two 3x3 convs and two BatchNorms at the inner width (64) on the 4 x 4 map
+    assert count_macs(b.decoder, z, 0.0) - count_macs(a.decoder, z, 0.0) == 2 * (2 * 64 * 64 * 9 * 16 + 2 * 64 * 16)
+    assert b.decoder(z, 0.0).shape == (1, 128, 4, 4)
+    with pytest.raises(CodecError, match="decoder_blocks -1 must be an integer >= 0"):
+        plan_codec((128, 4, 4), ratio=64, decoder_blocks=-1)
+    with pytest.raises(CodecError, match="paper's one-conv decoder"):
+        plan_codec((128, 4, 4), ratio=64, decoder_blocks=1, preset="bottlenetpp")
+    old = {k: v for k, v in thin.to_dict().items() if k != "decoder_blocks"}  # a run from before the field
+    assert CodecConfig.from_dict(old).decoder_blocks == 0
+
+
+def test_feature_distillation_loss_is_relative_squared_error():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(8, 512, generator=g), torch.randn(8, 512, generator=g)
+    assert feature_distillation_loss(t, t) == 0
+    expected = ((s - t) ** 2).sum() / (t ** 2).sum()
+    assert torch.allclose(feature_distillation_loss(s, t), expected)
+    assert torch.allclose(feature_distillation_loss(100 * s, 100 * t), expected)  # free of the features' scale
+    assert torch.allclose(feature_distillation_loss(torch.zeros_like(t), t), torch.tensor(1.0))
+
+
+def test_classifier_name_is_timms_and_must_be_in_the_tail():
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=10)
+    assert classifier_name(model, model) == model.pretrained_cfg["classifier"]
+    with pytest.raises(RunError, match="no classifier module"):
+        classifier_name(model, nn.Sequential(nn.Identity()))
+
+
+def test_fit_with_feature_distillation_adds_the_term_and_leaves_no_hooks(tmp_path):
+    plain, _ = tiny_run(tmp_path / "a", distill=1.0, augment=False)
+    taught, _ = tiny_run(tmp_path / "b", distill=1.0, distill_features=1.0, augment=False)
+    # the same seeded batches and noise; the extra term is positive from the first step
+    assert taught.epochs[0]["train_loss"] > plain.epochs[0]["train_loss"]
+    from bnpp_cli.run.pipeline import load_run
+
+    run = load_run(tmp_path / "b" / "run")
+    assert run.config.fit.distill_features == 1.0
+    classifier = run.pipeline.tail.get_submodule(run.model.pretrained_cfg["classifier"])
+    assert not classifier._forward_pre_hooks
+    joint, _ = tiny_run(tmp_path / "c", distill_features=1.0, joint_epochs=1, augment=False)  # the teacher's probe
+    assert [e["phase"] for e in joint.epochs] == ["codec", "joint"]
+
+
+def test_feature_distillation_with_a_feature_cache_is_refused(tmp_path):
+    data = tiny_npz(tmp_path / "d.npz")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fit", "test_resnet", "--img-size", "32", "--num-classes", "10", "--data", str(data),
+                                 "--split", "layer2", "--codec-epochs", "1", "--no-augment", "--cache-features",
+                                 "--distill-features", "1", "--out", str(out)])
+    assert r.exit_code == 2 and "--distill-features 1" in r.output and "Traceback" not in r.output
+    assert not out.exists()
+    r = CliRunner().invoke(app, ["fit", "test_resnet", "--img-size", "32", "--num-classes", "10", "--data", str(data),
+                                 "--split", "layer2", "--distill-features", "-1", "--out", str(out)])
+    assert r.exit_code == 2 and "--distill-features -1" in r.output and not out.exists()
