@@ -259,8 +259,117 @@ def test_cli_eval_shows_the_symbols_per_condition(variable_run, tmp_path):
                                    "--draws", "1"])
     assert res.exit_code == 0, res.output
     assert "symbols/image" in res.output and f"{sum(want) / 2:.1f} symbols/image on average" in res.output
+    assert "frame bytes" in res.output  # each condition's measured batch-1 frame
     res = CliRunner().invoke(app, ["eval", str(variable_run.run), "--data", str(variable_run.data), "--snr", "5,25",
                                    "--draws", "1", "--json", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "eval.json").read_text())
     assert [r["symbols_per_image"] for r in doc["results"]] == want and doc["variable_length"] is True
+
+
+def _two_lengths(run, hi_db: float = 20.0, lo_db: float = 10.0, short: int = 2, long: int = 6):
+    """Give a loaded run's table two lengths (the tiny run's own may be flat): short from hi_db, long from lo_db."""
+    channel = run.pipeline.channel
+    run.pipeline.codec.encoder.lengths.set([(channel.param_from_condition(hi_db), short),
+                                            (channel.param_from_condition(lo_db), long)])
+    return run
+
+
+def test_eval_measures_each_conditions_prefix_frames(variable_run):
+    from bnpp_cli.link.transmit import header_bytes, payload_bytes
+    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+    from bnpp_cli.run.pipeline import load_run
+
+    run = _two_lengths(load_run(variable_run.run))
+    result = evaluate_run(EvalConfig(run=str(variable_run.run), data=str(variable_run.data), conditions=[5.0, 10.0, 25.0],
+                                     draws=1), run=run)
+    total, channel = result.code_symbols, run.pipeline.channel
+    assert [r["symbols_per_image"] for r in result.results] == [total, 6, 2]
+    for row in result.results:  # float32 symbols: 4 bytes each, and the (N, k) frame's header
+        k = row["symbols_per_image"]
+        assert row["payload_bytes"] == payload_bytes((k,), channel) == 4 * k
+        assert row["frame_bytes"] == header_bytes((k,)) + 4 * k and row["payload_bits"] is None
+    assert result.results[2]["frame_bytes"] < result.results[0]["frame_bytes"]
+
+
+def test_digital_variable_bits_are_measured_from_frames(fitted):
+    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+    from bnpp_cli.run.pipeline import load_run
+
+    tiny = fitted(channel="bec", condition=0.01, preset="variable")
+    run = load_run(tiny.run)
+    channel = run.pipeline.channel
+    run.pipeline.codec.encoder.lengths.set([(0.001, 3), (0.01, 5)])  # p <= 0.001: 3 symbols; <= 0.01: 5
+    result = evaluate_run(EvalConfig(run=str(tiny.run), data=str(tiny.data), conditions=[0.0005, 0.005, 0.05],
+                                     draws=1), run=run)
+    total = result.code_symbols
+    assert [r["symbols_per_image"] for r in result.results] == [3, 5, total]
+    with torch.no_grad():  # one image's real frame at each condition
+        f = run.pipeline.head(torch.zeros(1, 3, 32, 32))
+        frames = [run.pipeline.codec.compress(f, p, channel, PAIR) for p in (0.0005, 0.005, 0.05)]
+    for row, frame in zip(result.results, frames):
+        k = row["symbols_per_image"]
+        assert wire.decode(frame)[0].shape == (1, k)
+        assert row["payload_bytes"] == wire.decode(frame)[0].payload_bytes == k  # 8-bit levels: a byte each
+        assert row["payload_bits"] == 8 * k and row["frame_bytes"] == len(frame)
+
+
+def test_export_announces_the_frame_per_condition(variable_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bnpp_cli.cli import app
+    from bnpp_cli.deploy import export as export_module
+    from bnpp_cli.deploy.halves import load_pair
+    from bnpp_cli.run.pipeline import load_run
+
+    run = _two_lengths(load_run(variable_run.run))
+    monkeypatch.setattr(export_module, "load_run", lambda path: run)
+    res = export_module.export_halves(variable_run.run, tmp_path / "deploy")
+    device, _ = load_pair(tmp_path / "deploy")
+    total = device.codec_config.code_symbols
+    assert [e["symbols_per_image"] for e in res.frames_per_condition] == [2, 6]
+    assert [e["label"] for e in res.frames_per_condition] == ["PSNR 20 dB", "PSNR 10 dB"]
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for entry in res.frames_per_condition:  # what a real frame at that entry's condition holds
+            frame = device.compress(x, entry["param"])
+            assert len(frame) == entry["frame_bytes"] == entry["header_bytes"] + entry["payload_bytes"]
+            assert entry["payload_bytes"] == wire.decode(frame)[0].payload_bytes
+        whole = device.compress(x, device.param_from_condition(5.0))  # beyond the table: the whole code
+    assert len(whole) == res.frame_bytes and wire.decode(whole)[0].shape == (1, total)
+    out = CliRunner().invoke(app, ["export", str(variable_run.run), "--out", str(tmp_path / "cli")])
+    assert out.exit_code == 0, out.output
+    flat = " ".join(out.output.split())
+    assert "variable-length" in flat and "PSNR 20 dB: 2 symbols" in flat and f"{res.frame_bytes}-byte frame" in flat
+
+
+@pytest.mark.slow
+def test_onnx_halves_send_the_tables_prefix(variable_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import json
+
+    from bnpp_cli.deploy import export as export_module
+    from bnpp_cli.deploy.halves import load_pair
+    from bnpp_cli.deploy.onnx import load_onnx_pair
+    from bnpp_cli.run.pipeline import load_run
+
+    run = _two_lengths(load_run(variable_run.run))
+    monkeypatch.setattr(export_module, "load_run", lambda path: run)
+    res = export_module.export_halves(variable_run.run, tmp_path / "deploy", format="all")
+    device, edge = load_pair(tmp_path / "deploy")
+    onnx_device, onnx_edge = load_onnx_pair(tmp_path / "deploy")
+    props = onnx_device.session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["length_table"]) == [[pytest.approx(p), k] for p, k in device.encoder.lengths.entries()]
+    assert res.onnx["check"]["top1_agreement"] == 1.0  # export's own check went through the noisiest prefix
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    total = device.codec_config.code_symbols
+    with torch.no_grad():
+        for db, k in ((25.0, 2), (12.0, 6), (5.0, total)):
+            param = device.param_from_condition(db)
+            frame = onnx_device.compress(x, param)
+            assert wire.decode(frame)[0].shape == (3, k) and onnx_device.symbols(param) == k
+            assert len(frame) == len(device.compress(x, param))  # the same frame size as the safetensors half
+            got = onnx_edge.decompress(frame, param, seed=4)
+            want = edge.decompress(device.compress(x, param), param, seed=4)  # same prefix, same noise draws
+            assert torch.allclose(got, want, atol=1e-3)

@@ -149,9 +149,10 @@ def render_eval(r) -> None:
     t.add_column("std", justify="right")
     t.add_column("draws", justify="right")
     t.add_column("drop vs backbone", justify="right")
-    vl = [""] if r.variable_length else []  # a variable-length code: the symbols sent at each condition
-    if vl:
+    vl = ["", ""] if r.variable_length else []  # a variable-length code: the symbols sent at each condition
+    if vl:  # and the batch-1 frame they make, measured
         t.add_column("symbols/image", justify="right")
+        t.add_column("frame bytes", justify="right")
     t.add_row("uncut backbone", f"{r.backbone_top1:.2%}", "", "", "", *vl)
     t.add_row("noiseless link", f"{r.noiseless_top1:.2%}", "", "", f"{100 * (r.backbone_top1 - r.noiseless_top1):.2f} pt", *vl)
     lo, hi = r.train_range
@@ -159,7 +160,8 @@ def render_eval(r) -> None:
         value = next(iter(row["condition"].values()))
         inside = lo is None or (lo <= value and (hi is None or value <= hi))
         t.add_row(row["label"] + ("" if inside else " *"), f"{row['top1_mean']:.2%}", f"{100 * row['top1_std']:.2f} pt", str(row["draws"]),
-                  f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt", *([str(row["symbols_per_image"])] if vl else []))
+                  f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt",
+                  *([str(row["symbols_per_image"]), f"{row['frame_bytes']:.0f}"] if vl else []))
     console.print(t)
     if vl and r.symbols_per_image_mean is not None:
         console.print(f"Variable-length code: {r.symbols_per_image_mean:.1f} symbols/image on average over these "
@@ -188,6 +190,13 @@ def render_export(r) -> None:
     if r.payload_bytes is None:
         console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image, entropy-coded: its "
                       f"payload varies per image (bnpp eval measures bits and bytes per image)")
+    elif r.frames_per_condition is not None:  # a variable-length code: the frame follows the condition
+        sizes = "; ".join(f"{e['label']}: {e['symbols_per_image']} symbols = {e['frame_bytes']} B"
+                          for e in r.frames_per_condition)
+        console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image, variable-length: batch-1 "
+                      f"frames of {kind} per its length table (an entry serves its condition up to the next better "
+                      f"one): {sizes or 'uncalibrated'}; at worse conditions the whole code, "
+                      f"{r.payload_bytes} bytes + {r.header_bytes}-byte wire header = {r.frame_bytes}-byte frame")
     else:
         console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image: payload "
                       f"{r.payload_bytes} bytes of {kind} + {r.header_bytes}-byte wire header = {r.frame_bytes}-byte frame")

@@ -67,6 +67,10 @@ class ExportResult:
     frame_bytes: int | None  # all three None for an entropy code, whose sizes vary per image (eval measures them)
     digital: bool
     onnx: dict[str, Any] | None = None  # paths, sizes, opset, the ONNX Runtime check, int8
+    # a variable-length code (preset variable): the three sizes above are those of its longest frame, the
+    # whole code as a (1, K) prefix (sent beyond the table's worst condition); what a batch-1 frame holds per entry of
+    # its length table: [{condition, param, label, symbols_per_image, payload_bytes, header_bytes, frame_bytes}]
+    frames_per_condition: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,23 +101,40 @@ def export_run(config: ExportConfig) -> ExportResult:
     if config.format in ("safetensors", "all"):
         paths = {half: write_half(out / name, half, state, run.config, pair)
                  for half, name, state in (("device", DEVICE_FILE, device), ("edge", EDGE_FILE, edge))}
-    code_shape = list(p.codec.config.code_shape)
     meta = {**run.config.to_dict(), "pair_id": pair}
     halves = (DeviceHalf(head, p.codec.encoder, meta, p.channel).eval(),
               EdgeHalf(p.codec.decoder, tail, meta, p.channel).eval())
     onnx = _export_onnx(config, run, halves, pair) if config.format in ("onnx", "all") else None
-    variable = get_preset(p.codec.config.preset).entropy_coded  # one range-coded stream per image
+    entropy = get_preset(p.codec.config.preset).entropy_coded  # one range-coded stream per image: sizes vary
+    frame_shape, per_condition = list(p.codec.config.code_shape), None
+    if p.codec.config.variable_length:  # the device sends (N, k) prefixes: beyond its table, k = K
+        frame_shape, per_condition = [p.codec.config.code_symbols], _prefix_frames(p.codec.encoder.lengths.entries(),
+                                                                                    p.channel)
     return ExportResult(
         device_path=str(paths["device"]) if paths else None, edge_path=str(paths["edge"]) if paths else None,
         device_bytes=paths["device"].stat().st_size if paths else None,
         edge_bytes=paths["edge"].stat().st_size if paths else None,
         device_params=sum(t.numel() for m in (head, p.codec.encoder) for t in m.parameters()),
         edge_params=sum(t.numel() for m in (p.codec.decoder, tail) for t in m.parameters()),
-        pair_id=pair, code_shape=code_shape, payload_bytes=None if variable else payload_bytes(code_shape, p.channel),
-        header_bytes=None if variable else header_bytes(code_shape),
-        frame_bytes=None if variable else header_bytes(code_shape) + payload_bytes(code_shape, p.channel),
-        digital=bool(p.channel.digital), onnx=onnx,
+        pair_id=pair, code_shape=list(p.codec.config.code_shape),
+        payload_bytes=None if entropy else payload_bytes(frame_shape, p.channel),
+        header_bytes=None if entropy else header_bytes(frame_shape),
+        frame_bytes=None if entropy else header_bytes(frame_shape) + payload_bytes(frame_shape, p.channel),
+        digital=bool(p.channel.digital), onnx=onnx, frames_per_condition=per_condition,
     )
+
+
+def _prefix_frames(entries: list[tuple[float, int]], channel) -> list[dict[str, Any]]:
+    """Frame sizes of a variable-length code's (1, k) prefix frames, one per length-table entry: the
+    entry (param p, k) serves channel parameters above the previous entry's, up to p (codec.variable)."""
+    rows = []
+    for param, k in entries:
+        cond = channel.condition_from_param(param) if channel.condition_name else None
+        rows.append({"condition": {channel.condition_name: cond} if channel.condition_name else {}, "param": param,
+                     "label": channel.format_condition(cond) if channel.condition_name else "noiseless",
+                     "symbols_per_image": k, "payload_bytes": payload_bytes((k,), channel),
+                     "header_bytes": header_bytes((k,)), "frame_bytes": header_bytes((k,)) + payload_bytes((k,), channel)})
+    return rows
 
 
 def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf], pair: str) -> dict[str, Any]:
@@ -128,7 +149,8 @@ def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf],
     x2 = torch.randn(2, *dc["input_size"], generator=g)
     p2 = torch.zeros(2)
     out = Path(config.out)
-    meta = {half: onnx_metadata(half, run.config, pair) for half in ("device", "edge")}
+    lengths = run.pipeline.codec.encoder.lengths.entries() if run.pipeline.codec.config.variable_length else None
+    meta = {half: onnx_metadata(half, run.config, pair, lengths=lengths) for half in ("device", "edge")}
     # the exporter may leave modules in train mode: it gets copies, the halves stay as they are
     dev_path = write_onnx(out / DEVICE_ONNX, copy.deepcopy(device_graph(device.head, device.encoder)).eval(),
                           (x2, p2), "device", meta["device"])

@@ -15,7 +15,9 @@ Reported, on the test images given (no augmentation, no rescaling of images alre
   and the coder's time per image on each side (the network excluded);
 - symbols_per_image at each condition: the whole code, or for a variable-length code (preset
   variable) the length its table sends there (chosen on validation images at the fit), with the
-  table itself and the mean over the conditions evaluated; top-1 is measured with that prefix.
+  table itself and the mean over the conditions evaluated; top-1 is measured with that prefix. Its
+  rows also carry payload_bytes and frame_bytes (and payload_bits, digital), means MEASURED from
+  each image's own (1, k) prefix frame at that condition (``measure_prefix_frames``).
 
 The head runs once over the test set; each condition re-runs only encoder, channel, decoder, tail.
 """
@@ -33,6 +35,7 @@ from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset
 from ..errors import BnppError, ChannelError, DataError
 from ..codec.entropy import decode_entropy_frame, encode_entropy_frame, find_prior, find_tables
+from ..codec.variable import take_prefix
 from ..link import wire
 from ..link.config import select_condition
 from ..link.transmit import decode_code, encode_code
@@ -153,6 +156,11 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
                         "top1_std": statistics.pstdev(accs) if draws > 1 else 0.0, "draws": draws, "top1": accs,
                         "symbols_per_image": symbols, "payload_bits": 8 * ((symbols * bits + 7) // 8) if bits else None})
     variable = codec.variable_length  # its frames' sizes follow the condition: the rows say them
+    if variable:
+        for row, cond in zip(results, conditions):
+            param = channel.param_from_condition(cond)
+            sizes = measure_prefix_frames(pipeline, features, param, row["symbols_per_image"])
+            row.update(sizes, payload_bits=8 * sizes["payload_bytes"] if bits else None)
     digital = channel.digital and not variable
     stream = measure_bitstream(pipeline, features) if digital or find_tables(pipeline.codec) else {}
     table = None
@@ -214,6 +222,24 @@ def measure_bitstream(pipeline, features: list[torch.Tensor]) -> dict[str, float
     return {"bits_per_image": 8 * payload / n, "bytes_per_image": payload / n, "frame_bytes_per_image": frame_bytes / n,
             "estimated_bits_per_image": estimate / n if prior is not None else None,
             "encode_ms_per_image": 1e3 * enc_s / n, "decode_ms_per_image": 1e3 * dec_s / n}
+
+
+@torch.no_grad()
+def measure_prefix_frames(pipeline, features: list[torch.Tensor], param: float, symbols: int) -> dict[str, float]:
+    """A variable-length code at channel parameter ``param``: each image's prefix of ``symbols`` as its
+    own wire frame (batch 1), read back; the means of the payload and frame bytes the frames hold."""
+    codec, channel = pipeline.codec, pipeline.channel
+    payload = frame_bytes = n = 0
+    for f in features:
+        z = take_prefix(codec.encoder(f, param), symbols).cpu()
+        for i in range(z.shape[0]):
+            buf = encode_code(z[i:i + 1], channel, MEASURE_PAIR_ID)
+            frame = wire.decode(buf)[0]
+            back = decode_code(buf, channel, MEASURE_PAIR_ID, codec.config.code_shape, prefix=True)
+            if tuple(back.shape) != (1, symbols):
+                raise BnppError(f"image {n}: a {symbols}-symbol prefix came back as {tuple(back.shape)}")
+            payload, frame_bytes, n = payload + frame.payload_bytes, frame_bytes + len(buf), n + 1
+    return {"payload_bytes": payload / n, "frame_bytes": frame_bytes / n}
 
 
 def _conditions(channel, requested: Sequence[float] | None) -> list[float]:
