@@ -14,19 +14,22 @@ bytes, wire header excluded), not the prior's estimate (which is recorded beside
 never seen (benchmarks/heldout.py); the other 5,000 are the test images. At a ratio, the sweep stops
 at the first lmbda whose validation drop exceeds the largest level.
 
-Ratios: every split is swept at --ratios' first ratio (16). A further ratio (64: a smaller latent, so
-fewer integers and fewer 32-bit coder words per stream) is swept only at splits where the first ratio
-has a fit within the smallest level (1 point): elsewhere a smaller latent is not expected to do better
-(the layer2 entropy codes of issue 14 lost more at 64x than at 16x on test). A fallback ratio (8: a
-bigger latent) is swept only where no fit of the first ratio is within the largest level (2 points),
-to find a point within it at all. lmbda runs up to 10 by default: at this budget (468 optimizer
-steps) rate weights up to 0.1 barely move the code (about 2 bits per integer, the rounded unit-variance
-BN output), so the sweep goes on until the stop rule bites.
+Ratios: every split is swept at --ratios' first ratio (16). Each further ratio (64, then 256: a smaller
+latent, fewer integers and fewer 32-bit coder words per stream) is swept only at splits where the
+ratio before it has a fit within the smallest level (1 point): elsewhere a smaller latent is not
+expected to do better (the layer2 entropy codes of issue 14 lost more at 64x than at 16x on test). A
+fallback ratio (8: a bigger latent) is swept only where no fit of the first ratio is within the
+largest level (2 points), to find a point within it at all. lmbda runs up to 10 by default: at this
+budget (468 optimizer steps) rate weights up to 0.1 barely move the code (the rate follows the
+latent's size), so the sweep goes on until the stop rule bites.
 
 Per split and drop level (1 and 2 points), the point is the fewest measured validation bits among the
-fits within the level; only those points are then evaluated on the test images, once. Device MACs =
-head + encoder per image. Writes benchmarks/results/<name>.json and a plot (bits per image against
-device MACs, one line per drop level, log y).
+fits within the level, where fits within --bits-tie (1 bit per image) of the fewest count as equal and
+the lowest validation drop among them wins (the coder writes 32-bit words, so most codes of one latent
+size measure the same bits to a fraction of a bit, and the fewest by 0.01 bit is merely the noisiest);
+only those points are then evaluated on the test images, once. Device MACs = head + encoder per image.
+Writes benchmarks/results/<name>.json and a plot (bits per image against device MACs, one line per
+drop level, log y).
 
     flock /tmp/bnpp-heavy.lock python benchmarks/rate_frontier_digital.py     # ~15-20 min on 2 cores
 """
@@ -49,13 +52,15 @@ from rate_accuracy import commit, machine, rel, stale_reason  # noqa: E402  (ben
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--splits", default="layer4,layer3,layer2,layer1")
-    ap.add_argument("--ratios", default="16,64", help="the first is swept at every split, the rest only where "
-                                                      "the first has a fit within the smallest level")
+    ap.add_argument("--ratios", default="16,64,256", help="the first is swept at every split, each further one "
+                                                          "only where the one before has a fit within the smallest level")
     ap.add_argument("--fallback-ratios", default="8", help="swept (in this order) only where no fit of --ratios' "
                                                            "first is within the largest level; empty: none")
     ap.add_argument("--lmbdas", default="0.001,0.003,0.01,0.03,0.1,0.3,1,3,10",
                     help="rate weights, swept in ascending order until the validation drop passes the largest level")
     ap.add_argument("--levels", default="1,2", help="drop levels in points")
+    ap.add_argument("--bits-tie", type=float, default=1.0,
+                    help="bits per image within which two fits count as the same rate (then the lower drop wins)")
     ap.add_argument("--train-limit", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -110,9 +115,11 @@ def main() -> None:
             "budget": {"train_images": args.train_limit, "epochs": args.epochs, "preset": "entropy",
                        "channel": "none (error-free link)", "augment": False,
                        "feature_cache": rel(cache), "ratios": ratios, "fallback_ratios": fallback, "lmbdas": lmbdas,
-                       "ratio_rule": f"{ratios[0]:g}x at every split; {ratios[1:]} only where a {ratios[0]:g}x fit is "
-                                     f"within {min(levels):g} point(s) on validation; {fallback} only where none is "
-                                     f"within {max(levels):g}",
+                       "ratio_rule": f"{ratios[0]:g}x at every split; each of {ratios[1:]} only where a fit at the "
+                                     f"ratio before it is within {min(levels):g} point(s) on validation; {fallback} "
+                                     f"only where no {ratios[0]:g}x fit is within {max(levels):g}",
+                       "choice_rule": f"per level, the fewest validation bits; fits within {args.bits_tie:g} bit(s) "
+                                      "per image of the fewest count as equal and the lowest validation drop wins",
                        "lmbda_rule": "ascending; a ratio's sweep stops at the first lmbda whose validation drop "
                                      f"exceeds {max(levels):g} points"},
             "bits": "measured: 8 x the payload bytes of each image's own batch-1 range-coded stream (wire header "
@@ -122,11 +129,13 @@ def main() -> None:
 
     for split in args.splits.split(","):
         for i, ratio in enumerate(ratios + fallback):
-            first = [r for r in fits if r["split"] == split and r["ratio"] == ratios[0]]
+            # a further ratio: while the previous one has a fit within the smallest level; a fallback
+            # ratio: where the first has none within the largest
+            prev = ratios[0] if i >= len(ratios) else ratios[i - 1] if i else None
             level = min(levels) if i < len(ratios) else max(levels)
-            within = any(r["val_drop"] <= level for r in first)
+            within = any(r["val_drop"] <= level for r in fits if r["split"] == split and r["ratio"] == prev)
             if i > 0 and within != (i < len(ratios)):
-                print(f"{split}: ratio {ratio:g} not swept ({ratios[0]:g}x has {'a' if within else 'no'} fit within "
+                print(f"{split}: ratio {ratio:g} not swept ({prev:g}x has {'a' if within else 'no'} fit within "
                       f"{level:g} pt)", flush=True)
                 continue
             for lmbda in lmbdas:
@@ -175,7 +184,11 @@ def main() -> None:
                                  "fewest_bits_tried": min(r["val_bits"] for r in tried) if tried else None,
                                  "best_val_drop": min(r["val_drop"] for r in tried) if tried else None})
                 continue
-            best = min(ok, key=lambda r: r["val_bits"])
+            # the fewest bits; fits within --bits-tie of them count as as few, and of those the lowest
+            # validation drop wins (the coder writes 32-bit words: codes differing by a fraction of a
+            # bit per image are the same rate, and the fewest by 0.01 bit is only the noisiest)
+            fewest = min(r["val_bits"] for r in ok)
+            best = min((r for r in ok if r["val_bits"] <= fewest + args.bits_tie), key=lambda r: r["val_drop"])
             if best["name"] not in tested:
                 test = evaluate_run(EvalConfig(run=str(REPO / best["run"]), data=str(test_npz), draws=1))
                 tested[best["name"]] = {"test_top1": test.noiseless_top1, "test_backbone_top1": test.backbone_top1,
