@@ -37,6 +37,11 @@ VARIANTS: dict[str, dict] = {
     "hid128": {"hidden_channels": 128},  # both sides wider
     "joint1": {"joint_epochs": 1, "joint_lr": 1e-4},  # fine-tune the tail (and head) afterwards
     "e10": {"codec_epochs": 10},  # a longer schedule, the same images
+    "snr20": {"train_snr": 20.0},  # trained for the frontier's own condition, PSNR >= 20 dB (not >= 10)
+    "hid96": {"hidden_channels": 96},
+    "e30": {"codec_epochs": 30},
+    # no augmentation, the frozen head's features computed once (run.features): a long schedule in less time
+    "cached": {"augment": False, "feature_cache": "@runs/features"},
 }
 
 
@@ -104,8 +109,11 @@ def main() -> None:
         changes = overrides(spec)
         name = f"{args.split}-{args.ratio:g}x-{spec}{args.tag}"
         fields = {"limit": args.train_limit, "codec_epochs": args.epochs, **changes}
+        train_snr = fields.pop("train_snr", args.train_snr)
+        if str(fields.get("feature_cache", "")).startswith("@runs/"):  # a directory next to the runs
+            fields["feature_cache"] = str(runs / fields["feature_cache"][len("@runs/"):])
         cfg = FitConfig(backbone=bb, split=args.split, data=str(data / "train.npz"), out=str(runs / name),
-                        channel=ChannelConfig("awgn", args.train_snr), ratio=args.ratio, device=args.device,
+                        channel=ChannelConfig("awgn", train_snr), ratio=args.ratio, device=args.device,
                         seed=args.seed, **fields)
         t0 = time.perf_counter()
         trial = fit_and_measure(cfg, str(val), [args.snr], args.draws)
@@ -113,7 +121,7 @@ def main() -> None:
         head_macs = count_macs(run.pipeline.head.eval(), torch.zeros(1, 3, 32, 32))
         top1 = ev.results[0]["top1_mean"]
         row = {**common, "kind": "validation", "variant": spec, "changes": changes, "split": args.split,
-               "ratio": args.ratio, "train_images": args.train_limit, "epochs": fields["codec_epochs"],
+               "ratio": args.ratio, "train_snr_db": train_snr, "train_images": args.train_limit, "epochs": fields["codec_epochs"],
                "joint_epochs": fields.get("joint_epochs", 0), "symbols": ev.code_symbols,
                "device_macs": head_macs + trial.encoder_macs, "encoder_macs": trial.encoder_macs,
                "decoder_macs": trial.decoder_macs, "val_images": ev.images, "val_backbone_top1": ev.backbone_top1,
