@@ -191,8 +191,15 @@ def render_export(r) -> None:
         console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image, entropy-coded: its "
                       f"payload varies per image (bnpp eval measures bits and bytes per image)")
     elif r.frames_per_condition is not None:  # a variable-length code: the frame follows the condition
-        sizes = "; ".join(f"{e['label']}: {e['symbols_per_image']} symbols = {e['frame_bytes']} B"
-                          for e in r.frames_per_condition)
+        groups: list[list[dict]] = []  # consecutive entries sending the same length, shown as one range
+        for e in r.frames_per_condition:
+            if groups and groups[-1][0]["symbols_per_image"] == e["symbols_per_image"]:
+                groups[-1].append(e)
+            else:
+                groups.append([e])
+        spans = [g[-1]["label"] + (f" .. {g[0]['label']}" if len(g) > 1 else "") for g in groups]
+        sizes = "; ".join(f"{span}: {g[0]['symbols_per_image']} symbols = {g[0]['frame_bytes']} B"
+                          for span, g in zip(spans, groups))
         console.print(f"pair id {r.pair_id}; code {'x'.join(map(str, r.code_shape))} per image, variable-length: batch-1 "
                       f"frames of {kind} per its length table (an entry serves its condition up to the next better "
                       f"one): {sizes or 'uncalibrated'}; at worse conditions the whole code, "
