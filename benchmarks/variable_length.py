@@ -27,7 +27,7 @@ specialist at its own condition), 2 noise draws. Comparisons:
   - per condition, the variable model's test top-1 against its specialist's, at equal symbols
 Results: benchmarks/results/<name>.json and .png.
 
-    flock /tmp/bnpp-heavy.lock python benchmarks/variable_length.py       # ~15 min on 2 cores
+    flock /tmp/bnpp-heavy.lock python benchmarks/variable_length.py       # ~8 min on 2 cores (9 fits)
 """
 
 from __future__ import annotations
