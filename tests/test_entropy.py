@@ -299,3 +299,42 @@ def test_exported_halves_send_streams_and_match_the_run(fitted, tmp_path):
         edge.decompress(bytes(broken))
     with pytest.raises(WireError, match="truncated"):
         edge.decompress(frame[:-2])
+
+
+def test_histogram_counts_every_symbol_per_channel():
+    prior = FactorizedPrior(2)
+    z = torch.tensor([[[[0.0, 1.0]], [[-2.0, 40.0]]], [[[0.0, 0.0]], [[-2.0, -1.0]]]])  # (2, 2, 1, 2)
+    h = prior.histogram(z)
+    assert h.shape == (2, 2 * SUPPORT + 1) and h.sum() == 8
+    assert h[0, SUPPORT] == 3 and h[0, SUPPORT + 1] == 1  # channel 0: three zeros, one 1
+    assert h[1, SUPPORT - 2] == 2 and h[1, SUPPORT - 1] == 1 and h[1, 2 * SUPPORT] == 1  # 40 clamps to B
+
+
+def test_fit_sets_tables_from_the_training_code_and_they_spend_fewer_bits(fitted, tmp_path):
+    from bnpp_cli.data.batching import BatchTransform
+    from bnpp_cli.data.datasets import load_dataset
+    from bnpp_cli.run.pipeline import load_run
+    from bnpp_cli.run.tables import calibrate_tables
+
+    fit = fitted(channel="none", condition=None, preset="entropy", ratio=8.0)
+    record = fit.result.validation["tables"]
+    run = load_run(fit.run)
+    prior = find_prior(run.pipeline.codec)
+    dc = run.config.data_config
+    tf = BatchTransform(dc["mean"], dc["std"], augment=False)
+    images = load_dataset(str(fit.data), input_size=(32, 32), train=False)
+    train = torch.utils.data.Subset(images, range(record["images"]))  # the fit's training images (its first N)
+    with torch.no_grad():
+        z = torch.cat([run.pipeline.codec.encoder(run.pipeline.head(tf(x)), 0.0) for x, _ in
+                       torch.utils.data.DataLoader(train, batch_size=64)])
+    hist = prior.histogram(z)
+    spent = lambda counts: float(-(hist * (counts.double() / 2**PRECISION).log2()).sum() / len(z))  # noqa: E731
+    saved = prior.counts.clone()
+    assert spent(saved) == pytest.approx(record["bits_per_image_estimate"], rel=1e-6)
+    density = integer_tables(prior.pmf())
+    assert spent(saved) < spent(density)  # the histogram's tables beat the density's on the same code
+    decoder_tables = next(m for m in run.pipeline.codec.modules() if isinstance(m, SymbolTables))
+    assert torch.equal(decoder_tables.counts, saved)  # the edge decodes with the same tables
+    # recomputing from the same images gives the same tables
+    again = calibrate_tables(run.pipeline, train, tf, torch.device("cpu"))
+    assert torch.equal(prior.counts, saved) and again["images"] == record["images"]

@@ -11,7 +11,9 @@ Balle, Minnen, Singh, Hwang & Johnston, "Variational image compression with a sc
 
 The prior is one density per code channel (C' of a (C', H', W') code; each symbol of a flat code).
 Its integer tables, ``counts`` (C', 2B + 1) summing to 2^16 per channel with every count >= 1, are
-computed once from the learned density (``update_tables``, called by `bnpp fit` before each save) and
+computed from the learned density (``update_tables``, called by `bnpp fit` before each save) and, at
+the end of a fit, from the histogram of the trained code on the training images (run.tables: a
+density trained for a few hundred steps lags the code it models, and the coder pays for the gap), then
 stored with the weights: a stream decodes bit-exactly in any process and at any thread count,
 because the coder never sees a float the network computed. Values beyond [-B, B] are clamped in the
 forward pass too, so the evaluated pipeline sees exactly the symbols the coder sends; the edge
@@ -61,8 +63,9 @@ def _coder():
 class FactorizedPrior(nn.Module):
     """The last module of an entropy preset's encoder: y -> integer code z; keeps the likelihoods.
 
-    ``likelihoods`` (N, *code) is the last forward's p(z) (p(y~) in training); ``bits()`` gives the
-    rate estimate per image, -sum log2 of them. ``counts`` is the frozen integer table."""
+    ``likelihoods`` (N, *code) is the last forward's p(z) (p(y~) under the density in training;
+    under the integer tables in eval once they are set, so the estimate is what an ideal coder with
+    those tables would spend); ``bits()`` gives the rate estimate per image, -sum log2 of them. ``counts`` is the frozen integer table."""
 
     def __init__(self, channels: int, support: int = SUPPORT):
         super().__init__()
@@ -105,9 +108,23 @@ class FactorizedPrior(nn.Module):
         if self.training:
             noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
             self.likelihoods, self._fixed_code = self.likelihood(noisy), noisy.detach()
+        elif self.tables_set:  # eval: what the coder's integer tables give each symbol
+            self.likelihoods, self._fixed_code = self.table_likelihood(z.detach()), z.detach()
         else:
             self.likelihoods, self._fixed_code = self.likelihood(z.detach()), z.detach()
         return z
+
+    @property
+    def tables_set(self) -> bool:
+        return bool((self.counts > 0).all())
+
+    def table_likelihood(self, z: Tensor) -> Tensor:
+        """p(z) under the frozen integer tables, per element of an integer code z (N, *code)."""
+        b, n = self.support, z.shape[0]
+        sym = z.reshape(n, self.channels, -1).round().clamp(-b, b).to(torch.int64) + b
+        probs = self.counts.to(torch.float64) / 2.0**PRECISION
+        p = torch.gather(probs.unsqueeze(0).expand(n, -1, -1), 2, sym)
+        return p.to(torch.float32).reshape(z.shape)
 
     def bits(self) -> Tensor:
         """Rate estimate of the last forward, bits per image (N,): -sum log2 p."""
@@ -134,10 +151,20 @@ class FactorizedPrior(nn.Module):
         return (cdf[:, 1:] - cdf[:, :-1]).clamp_min(0.0)
 
     @torch.no_grad()
-    def update_tables(self) -> Tensor:
-        """Freeze the integer tables from the current density; returns them (C', 2B + 1) int32."""
-        self.counts.copy_(integer_tables(self.pmf()))
+    def update_tables(self, pmf: Tensor | None = None) -> Tensor:
+        """Freeze the integer tables from ``pmf`` (C', 2B + 1), by default the current density;
+        returns them (C', 2B + 1) int32."""
+        self.counts.copy_(integer_tables(self.pmf() if pmf is None else pmf))
         return self.counts
+
+    @torch.no_grad()
+    def histogram(self, z: Tensor) -> Tensor:
+        """Occurrences of each symbol per channel in an integer code z (N, *code): (C', 2B + 1) float64."""
+        b = self.support
+        sym = z.detach().reshape(z.shape[0], self.channels, -1).round().clamp(-b, b).to(torch.int64) + b
+        sym = sym.permute(1, 0, 2).reshape(self.channels, -1).cpu()
+        out = torch.zeros(self.channels, 2 * b + 1, dtype=torch.float64)
+        return out.scatter_add_(1, sym, torch.ones_like(sym, dtype=torch.float64))
 
 
 def integer_tables(pmf: Tensor, precision: int = PRECISION) -> Tensor:
@@ -171,12 +198,13 @@ def find_tables(module: nn.Module) -> FactorizedPrior | SymbolTables | None:
     return next((m for m in module.modules() if isinstance(m, (FactorizedPrior, SymbolTables))), None)
 
 
-def update_tables(codec: nn.Module) -> None:
-    """Freeze the prior's integer tables and copy them to the decoder's (no-op for other codecs)."""
+def update_tables(codec: nn.Module, pmf: Tensor | None = None) -> None:
+    """Freeze the prior's integer tables (from ``pmf``, by default its density) and copy them to the
+    decoder's (no-op for other codecs)."""
     prior = find_prior(codec)
     if prior is None:
         return
-    counts = prior.update_tables()
+    counts = prior.update_tables(pmf)
     for m in codec.modules():
         if isinstance(m, SymbolTables):
             m.counts.copy_(counts)

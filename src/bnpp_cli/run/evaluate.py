@@ -81,7 +81,7 @@ class EvalResult:
     bits_per_image: float | None = None  # digital codes: 8 x the measured payload bytes, mean, batch 1
     bytes_per_image: float | None = None  # the same in bytes (the coded streams / packed levels)
     frame_bytes_per_image: float | None = None  # the whole batch-1 frame, header included
-    estimated_bits_per_image: float | None = None  # entropy code: the prior's -log2 likelihood, mean
+    estimated_bits_per_image: float | None = None  # entropy code: -log2 of its integer tables (an ideal coder), mean
     encode_ms_per_image: float | None = None  # coder time, device side (quantised code -> frame)
     decode_ms_per_image: float | None = None  # coder time, edge side (frame -> code)
     variable_length: bool = False  # the symbols sent follow the condition (codec.variable)

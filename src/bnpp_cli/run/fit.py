@@ -40,6 +40,7 @@ from . import distributed
 from .config import FitConfig, RunConfig
 from .features import FeatureCache, check_fit, for_fit
 from .lengths import calibrate_lengths
+from .tables import calibrate_tables
 from .loop import Callback, EpochSpec, classifier_name, make_optimizer, set_trainable, train_epoch, validate
 from .pipeline import SplitPipeline, build_pipeline
 from .rundir import CONFIG_FILE, RunDir
@@ -343,7 +344,11 @@ class _Trainer:
                     self._stopped(ph, epoch, None)
         seconds = time.perf_counter() - t0
         if self.rank == 0:
-            update_tables(self.pipeline.codec)  # an entropy code's integer tables, fixed from here on
+            update_tables(self.pipeline.codec)  # an entropy code's integer tables, fixed from here on ...
+            tables = calibrate_tables(self.pipeline, self.features if self.features is not None else self.train_set,
+                                      self.eval_tf, self.device)  # ... from its own code on the training images
+            if tables:
+                self.validation["tables"] = tables
             lengths = calibrate_lengths(self.pipeline, self.val_set, self.eval_tf, self.device)  # variable-length codes
             if lengths:
                 self.validation["length_table"] = lengths

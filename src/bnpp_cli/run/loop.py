@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..codec.entropy import find_prior
+from ..codec.entropy import find_prior, update_tables
 from ..data.batching import BatchTransform, make_loader
 from ..errors import RunError
 from .features import FeatureCache
@@ -242,6 +242,7 @@ def validate(pipeline: nn.Module, val_set, transform: BatchTransform, device: to
     gen = torch.Generator(device=device).manual_seed(12345)
     hits = {"val_top1_noiseless": 0, "val_top1_worst": 0}
     n, prior, bits = 0, find_prior(pipeline.codec), 0.0
+    update_tables(pipeline.codec)  # an entropy code's estimate: its integer tables from the density as it is now
     for x, y in make_loader(val_set, 256, shuffle=False, seed=0):
         x, y = transform(x).to(device), y.to(device)
         f = pipeline.head(x)
