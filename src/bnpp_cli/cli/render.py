@@ -138,7 +138,7 @@ def render_eval(r) -> None:
                   f"{r.bandwidth_ratio:.1f}x bandwidth{bits}")
     console.print(Text(f"Channel: {r.channel_definition}"))
     if r.bits_per_image is not None:
-        estimate = f" (the prior's estimate {r.estimated_bits_per_image:.1f})" if r.estimated_bits_per_image is not None else ""
+        estimate = f" (-log2 of its tables {r.estimated_bits_per_image:.1f})" if r.estimated_bits_per_image is not None else ""
         console.print(Text(f"Measured per image, coded alone: {r.bits_per_image:.1f} bits = {r.bytes_per_image:.2f} bytes of "
                            f"payload{estimate}, {r.frame_bytes_per_image:.1f}-byte frame with the wire header; coder "
                            f"{r.encode_ms_per_image:.2f} ms device, {r.decode_ms_per_image:.2f} ms edge"))

@@ -11,7 +11,7 @@ Reported, on the test images given (no augmentation, no rescaling of images alre
   with the feature and code shapes they come from;
 - for every digital code (fixed-length levels, or the entropy preset's streams): bits_per_image and
   bytes_per_image, means of the payload MEASURED from the real wire frame of each image coded alone
-  (batch 1), frame_bytes_per_image with the header, the prior's estimate beside it (entropy code),
+  (batch 1), frame_bytes_per_image with the header, -log2 of the integer tables beside it (entropy code),
   and the coder's time per image on each side (the network excluded);
 - symbols_per_image at each condition: the whole code, or for a variable-length code (preset
   variable) the length its table sends there (chosen on validation images at the fit), with the
