@@ -180,52 +180,54 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
                 "correct": correct, "loss_sum": loss_sum, "seen": seen,
                 "seconds": before_s + time.perf_counter() - t0}
 
-    for x, y in itertools.islice(loader, start, None):  # the batches already done are skipped
-        if cache is not None:  # x: the batch's row numbers in the cache
-            f, target = cache.batch(x, device)
-            target = target if spec.distill > 0 else None
-        else:
-            x = transform(x, generator=aug_gen).to(device, non_blocking=True)
-        y = y.to(device)
-        param = channel.sample_param(y.shape[0], generator=gen, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if spec.phase == "codec":
-                if cache is None:
-                    with torch.no_grad():
-                        f = pipeline.head(x)
-                        target = pipeline.tail(f) if spec.distill > 0 or fd else None
-                taught = teacher_probe.take() if fd else None  # the same tail ran on the uncut features
-                logits = forward(f, param, gen, True)
+    try:
+        for x, y in itertools.islice(loader, start, None):  # the batches already done are skipped
+            if cache is not None:  # x: the batch's row numbers in the cache
+                f, target = cache.batch(x, device)
+                target = target if spec.distill > 0 else None
             else:
-                with torch.no_grad():
-                    target = teacher(x) if teacher is not None else None
-                taught = teacher_probe.take() if fd and teacher is not None else None
-                logits = forward(x, param, gen)
-            loss = F.cross_entropy(logits.float(), y)
-            if target is not None and spec.distill > 0:
-                loss = loss + spec.distill * distillation_loss(logits, target, spec.distill_temperature)
-            if taught is not None:
-                loss = loss + spec.distill_features * feature_distillation_loss(probe.take(), taught)
-            if prior is not None:
-                loss = loss + prior.rate_loss(spec.lmbda)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        n = y.shape[0]
-        seen += n
-        i += 1
-        loss_sum += float(loss.detach()) * n
-        correct += int((logits.argmax(1) == y).sum())
-        if spec.rank == 0:
-            rate = (seen - seen0) * spec.world / (time.perf_counter() - t0)
-            callback("batch", {"phase": spec.phase, "epoch": spec.epoch, "step": i, "batches": total,
-                               "images": seen * spec.world, "loss": loss_sum / seen, "acc": correct / seen,
-                               "images_per_s": rate})
-        if after_batch is not None:
-            after_batch(position)
-    for p in {id(q): q for q in (probe, teacher_probe) if q is not None}.values():
-        p.handle.remove()
+                x = transform(x, generator=aug_gen).to(device, non_blocking=True)
+            y = y.to(device)
+            param = channel.sample_param(y.shape[0], generator=gen, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                if spec.phase == "codec":
+                    if cache is None:
+                        with torch.no_grad():
+                            f = pipeline.head(x)
+                            target = pipeline.tail(f) if spec.distill > 0 or fd else None
+                    taught = teacher_probe.take() if fd else None  # the same tail ran on the uncut features
+                    logits = forward(f, param, gen, True)
+                else:
+                    with torch.no_grad():
+                        target = teacher(x) if teacher is not None else None
+                    taught = teacher_probe.take() if fd and teacher is not None else None
+                    logits = forward(x, param, gen)
+                loss = F.cross_entropy(logits.float(), y)
+                if target is not None and spec.distill > 0:
+                    loss = loss + spec.distill * distillation_loss(logits, target, spec.distill_temperature)
+                if taught is not None:
+                    loss = loss + spec.distill_features * feature_distillation_loss(probe.take(), taught)
+                if prior is not None:
+                    loss = loss + prior.rate_loss(spec.lmbda)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            n = y.shape[0]
+            seen += n
+            i += 1
+            loss_sum += float(loss.detach()) * n
+            correct += int((logits.argmax(1) == y).sum())
+            if spec.rank == 0:
+                rate = (seen - seen0) * spec.world / (time.perf_counter() - t0)
+                callback("batch", {"phase": spec.phase, "epoch": spec.epoch, "step": i, "batches": total,
+                                   "images": seen * spec.world, "loss": loss_sum / seen, "acc": correct / seen,
+                                   "images_per_s": rate})
+            if after_batch is not None:
+                after_batch(position)
+    finally:  # also when a checkpoint request stops the epoch: no hook outlives it
+        for q in {id(q): q for q in (probe, teacher_probe) if q is not None}.values():
+            q.handle.remove()
     return {"phase": spec.phase, "epoch": spec.epoch, "train_loss": loss_sum / max(seen, 1),
             "train_top1": correct / max(seen, 1), "seconds": before_s + time.perf_counter() - t0,
             "images": seen * spec.world}
