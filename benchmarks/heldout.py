@@ -43,3 +43,34 @@ def test_halves(test_npz: Path, out_dir: Path, *, seed: int = 0, val_images: int
         paths[name] = path
         info[name] = {"images": int(len(idx)), "indices_sha256_16": digest}
     return paths["val"], paths["test"], info
+
+
+VALIDATION_RULES = ("test-half", "train-holdout")
+
+
+def validation_images(rule: str, data: Path, out: Path, runs: Path, seed: int = 0) -> tuple[Path, Path, dict]:
+    """(validation .npz, test .npz, description) for a benchmark's --validation rule: ``test-half``
+    (the halves above, kept under out/runs/heldout) or ``train-holdout`` (the session-5 rule: the
+    images a fit with --val-fraction 0.1 and this seed holds out of train.npz, written to
+    runs/val.npz, with all of test.npz as the test images)."""
+    if rule == "test-half":
+        return test_halves(data / "test.npz", out / "runs" / "heldout", seed=seed)
+    if rule != "train-holdout":
+        raise ValueError(f"unknown validation rule {rule!r}; valid: {', '.join(VALIDATION_RULES)}")
+    return (train_holdout(runs / "val.npz", data / "train.npz", seed), data / "test.npz",
+            {"source": "held out of train.npz (0.1, seed 0), seen by the backbone in its training"})
+
+
+def train_holdout(path: Path, train: Path, seed: int) -> Path:
+    """The images a fit with --val-fraction 0.1 and this seed holds out of train.npz, as their own file."""
+    from bnpp_cli.data.datasets import load_dataset, split_train_val
+
+    if path.is_file():
+        return path
+    _, val = split_train_val(load_dataset(str(train), input_size=(32, 32), train=True), 0.1, seed)
+    raw = np.load(train)
+    idx = np.asarray(val.indices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=raw["x"][idx], y=raw["y"][idx], **({"class_names": raw["class_names"]}
+                                                          if "class_names" in raw.files else {}))
+    return path

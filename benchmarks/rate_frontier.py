@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+from heldout import VALIDATION_RULES, validation_images  # noqa: E402
 from rate_accuracy import commit, machine, rel  # noqa: E402  (the grid benchmark's own; benchmarks/ is sys.path[0])
 
 
@@ -43,27 +43,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--snr", type=float, default=20.0, help="the frontier's condition (dB)")
     ap.add_argument("--draws", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--validation", choices=("test-half", "train-holdout"), default="test-half",
+    ap.add_argument("--validation", choices=VALIDATION_RULES, default="test-half",
                     help="where choices are made (see the module docstring)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default="rate_frontier")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     return ap.parse_args()
-
-
-def validation_npz(path: Path, train: Path, seed: int) -> Path:
-    """The images a fit with --val-fraction 0.1 and this seed holds out of train.npz, as their own file."""
-    from bnpp_cli.data.datasets import load_dataset, split_train_val
-
-    if path.is_file():
-        return path
-    _, val = split_train_val(load_dataset(str(train), input_size=(32, 32), train=True), 0.1, seed)
-    raw = np.load(train)
-    idx = np.asarray(val.indices)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x=raw["x"][idx], y=raw["y"][idx], **({"class_names": raw["class_names"]}
-                                                          if "class_names" in raw.files else {}))
-    return path
 
 
 def main() -> None:
@@ -83,13 +68,7 @@ def main() -> None:
         sys.exit(f"{checkpoint} not found: this benchmark needs the shared model and data")
     out = Path(args.out)
     runs = out / "runs" / args.name
-    if args.validation == "test-half":
-        from heldout import test_halves
-
-        val, test_npz, val_info = test_halves(data / "test.npz", out / "runs" / "heldout", seed=args.seed)
-    else:
-        val, test_npz = validation_npz(runs / "val.npz", data / "train.npz", args.seed), data / "test.npz"
-        val_info = {"source": "held out of train.npz (0.1, seed 0), seen by the backbone in its training"}
+    val, test_npz, val_info = validation_images(args.validation, data, out, runs, args.seed)
     levels = [float(v) for v in args.levels.split(",")]
     t0, code_commit = time.perf_counter(), commit()
     bb = BackboneConfig("resnet18", checkpoint=str(checkpoint), num_classes=10, img_size=32)

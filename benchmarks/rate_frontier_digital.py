@@ -98,15 +98,9 @@ def main() -> None:
     out = Path(args.out)
     runs = out / "runs" / args.name
     cache = out / "runs" / "feature_cache"  # shared with any other benchmark's no-augment fits of this backbone
-    if args.validation == "test-half":
-        from heldout import test_halves
+    from heldout import validation_images
 
-        val, test_npz, val_info = test_halves(data / "test.npz", out / "runs" / "heldout", seed=args.seed)
-    else:
-        from rate_frontier import validation_npz
-
-        val, test_npz = validation_npz(runs / "val.npz", data / "train.npz", args.seed), data / "test.npz"
-        val_info = {"source": "held out of train.npz (0.1, seed 0), seen by the backbone in its training"}
+    val, test_npz, val_info = validation_images(args.validation, data, out, runs, args.seed)
     levels = [float(v) for v in args.levels.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
     fallback = [float(r) for r in args.fallback_ratios.split(",") if r.strip()]
