@@ -50,11 +50,12 @@ VALIDATION_RULES = ("test-half", "train-holdout")
 
 def validation_images(rule: str, data: Path, out: Path, runs: Path, seed: int = 0) -> tuple[Path, Path, dict]:
     """(validation .npz, test .npz, description) for a benchmark's --validation rule: ``test-half``
-    (the halves above, kept under out/runs/heldout) or ``train-holdout`` (the session-5 rule: the
-    images a fit with --val-fraction 0.1 and this seed holds out of train.npz, written to
-    runs/val.npz, with all of test.npz as the test images)."""
+    (the halves above with permutation seed 0 whatever the fits' seed, so that runs of several seeds
+    share them; kept under out/runs/heldout) or ``train-holdout`` (the session-5 rule: the images a fit
+    with --val-fraction 0.1 and this seed holds out of train.npz, written to runs/val.npz, with all of
+    test.npz as the test images)."""
     if rule == "test-half":
-        return test_halves(data / "test.npz", out / "runs" / "heldout", seed=seed)
+        return test_halves(data / "test.npz", out / "runs" / "heldout", seed=0)
     if rule != "train-holdout":
         raise ValueError(f"unknown validation rule {rule!r}; valid: {', '.join(VALIDATION_RULES)}")
     return (train_holdout(runs / "val.npz", data / "train.npz", seed), data / "test.npz",
