@@ -111,7 +111,8 @@ def main() -> None:
     if args.validation == "test-half":
         from heldout import test_halves
 
-        val, test_npz, val_info = test_halves(data / "test.npz", out / "runs" / "heldout", seed=0)  # the same halves for every fit seed
+        # the same halves for every fit seed
+        val, test_npz, val_info = test_halves(data / "test.npz", out / "runs" / "heldout", seed=0)
         val_data = str(val)
     else:
         test_npz, val_data = data / "test.npz", None
