@@ -58,19 +58,55 @@ def test_classifier_name_is_timms_and_must_be_in_the_tail():
         classifier_name(model, nn.Sequential(nn.Identity()))
 
 
-def test_fit_with_feature_distillation_adds_the_term_and_leaves_no_hooks(tmp_path):
+def test_fit_with_feature_distillation_adds_the_term(tmp_path):
     plain, _ = tiny_run(tmp_path / "a", distill=1.0, augment=False)
     taught, _ = tiny_run(tmp_path / "b", distill=1.0, distill_features=1.0, augment=False)
     # the same seeded batches and noise; the extra term is positive from the first step
     assert taught.epochs[0]["train_loss"] > plain.epochs[0]["train_loss"]
     from bnpp_cli.run.pipeline import load_run
 
-    run = load_run(tmp_path / "b" / "run")
-    assert run.config.fit.distill_features == 1.0
-    classifier = run.pipeline.tail.get_submodule(run.model.pretrained_cfg["classifier"])
-    assert not classifier._forward_pre_hooks
-    joint, _ = tiny_run(tmp_path / "c", distill_features=1.0, joint_epochs=1, augment=False)  # the teacher's probe
-    assert [e["phase"] for e in joint.epochs] == ["codec", "joint"]
+    assert load_run(tmp_path / "b" / "run").config.fit.distill_features == 1.0
+
+
+@pytest.mark.parametrize("phase", ["codec", "joint"])
+def test_distillation_probes_read_the_right_module_and_are_removed_when_an_epoch_stops(tmp_path, monkeypatch, phase):
+    from bnpp_cli.run import loop
+
+    probes = []
+
+    class Recording(loop._Probe):
+        def __init__(self, module):
+            super().__init__(module)
+            self.module, self.reads = module, 0
+            probes.append(self)
+
+        def take(self):
+            self.reads += 1
+            return super().take()
+
+    monkeypatch.setattr(loop, "_Probe", Recording)
+
+    def stop_after_two(event, info):  # a Ctrl-C during the second batch
+        if event == "batch" and info["step"] == 2:
+            raise KeyboardInterrupt
+
+    from bnpp_cli.link.config import ChannelConfig
+    from bnpp_cli.run.config import FitConfig
+    from bnpp_cli.run.fit import fit_codec
+    from bnpp_cli.split.backbone import BackboneConfig
+
+    data = tiny_npz(tmp_path / "d.npz")
+    cfg = FitConfig(backbone=BackboneConfig("test_resnet", num_classes=10, img_size=32), split="layer2",
+                    data=str(data), out=str(tmp_path / "run"), channel=ChannelConfig("awgn", 20.0), ratio=4.0,
+                    codec_epochs=int(phase == "codec"), joint_epochs=int(phase == "joint"), batch_size=16,
+                    distill_features=1.0, augment=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit_codec(cfg, callback=stop_after_two)
+    assert probes and all(not p.module._forward_pre_hooks for p in probes)  # every hook removed
+    # phase codec: one probe (the frozen tail serves as teacher); phase joint: the tail's and the teacher's
+    assert len(probes) == (1 if phase == "codec" else 2)
+    assert len({id(p.module) for p in probes}) == len(probes)
+    assert all(p.reads >= 2 for p in probes)  # each read in both batches (student and teacher sides)
 
 
 def test_feature_distillation_with_a_feature_cache_is_refused(tmp_path):

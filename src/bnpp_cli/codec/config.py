@@ -77,8 +77,9 @@ class CodecConfig:
         if int(self.decoder_blocks) != self.decoder_blocks or self.decoder_blocks < 0:
             raise CodecError(f"decoder_blocks {self.decoder_blocks} must be an integer >= 0")
         if self.decoder_blocks and preset.default_encoder_blocks is None:
-            raise CodecError(f"decoder_blocks {self.decoder_blocks}: preset {self.preset!r} is the paper's one-conv "
-                             f"decoder, without residual blocks")
+            have = [n for n in list_presets() if get_preset(n).default_encoder_blocks is not None]
+            raise CodecError(f"decoder_blocks {self.decoder_blocks}: only the {', '.join(have)} preset has residual "
+                             f"blocks (preset {self.preset!r} is the paper's one-conv decoder)")
         if self.encoder_blocks and preset.default_encoder_blocks is None:
             have = [n for n in list_presets() if get_preset(n).default_encoder_blocks is not None]
             raise CodecError(f"encoder_blocks {self.encoder_blocks}: only the {', '.join(have)} preset has residual "

@@ -143,11 +143,11 @@ class FactorizedPrior(nn.Module):
     @torch.no_grad()
     def pmf(self) -> Tensor:
         """Probabilities of the 2B + 1 symbols per channel, (C', 2B + 1) float64; tails in the edges."""
-        b = self.support
-        edges = torch.arange(-b, b, dtype=torch.float32) + 0.5  # 2B inner bin edges
+        b, device = self.support, self.counts.device
+        edges = torch.arange(-b, b, dtype=torch.float32, device=device) + 0.5  # 2B inner bin edges
         cdf = torch.sigmoid(self._logits_cdf(edges.expand(self.channels, 1, -1)).double()).reshape(self.channels, -1)
-        cdf = torch.cat([torch.zeros(self.channels, 1, dtype=torch.float64), cdf,
-                         torch.ones(self.channels, 1, dtype=torch.float64)], dim=1)
+        cdf = torch.cat([torch.zeros(self.channels, 1, dtype=torch.float64, device=device), cdf,
+                         torch.ones(self.channels, 1, dtype=torch.float64, device=device)], dim=1)
         return (cdf[:, 1:] - cdf[:, :-1]).clamp_min(0.0)
 
     @torch.no_grad()

@@ -114,7 +114,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
                            preset=config.preset, feature_nonnegative=_nonnegative(head, train_set, backbone.data_config),
                            hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks,
-                           decoder_blocks=config.decoder_blocks)
+                           decoder_blocks=int(config.decoder_blocks))
     if saved is not None:
         _check_same_codec(run_dir, saved.codec, codec_cfg)
     _check_batches(len(train_set), config.batch_size, world)
@@ -212,6 +212,8 @@ def _check_numbers(c: FitConfig) -> None:
     bad += [(k, v) for k, v in (("--lr", c.lr), ("--joint-lr", c.joint_lr), ("--batch-size", c.batch_size)) if not v > 0]
     bad += [("--distill", c.distill)] if c.distill < 0 else []
     bad += [("--distill-features", c.distill_features)] if not 0 <= c.distill_features < float("inf") else []
+    blocks = c.decoder_blocks
+    bad += [("--decoder-blocks", blocks)] if int(blocks) != blocks or blocks < 0 else []
     bad += [("--lmbda", c.lmbda)] if not 0 <= c.lmbda < float("inf") else []
     bad += [("--distill-temperature", c.distill_temperature)] if not c.distill_temperature > 0 else []
     if c.lr_schedule not in LR_SCHEDULES:
@@ -222,7 +224,8 @@ def _check_numbers(c: FitConfig) -> None:
         not 0 < c.checkpoint_minutes < float("inf") else []
     if bad:
         raise BnppError(f"{bad[0][0]} {bad[0][1]} is out of range",
-                        hint="epochs >= 0; lr, batch size > 0; --limit, --checkpoint-steps >= 1; minutes > 0")
+                        hint="epochs, --decoder-blocks: integers >= 0; lr, batch size > 0; --limit, "
+                             "--checkpoint-steps >= 1; minutes > 0")
     if c.codec_epochs + c.joint_epochs == 0:
         raise BnppError("nothing to train: --codec-epochs and --joint-epochs are both 0")
 

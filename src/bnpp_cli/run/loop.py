@@ -258,5 +258,7 @@ def validate(pipeline: nn.Module, val_set, transform: BatchTransform, device: to
     out["val_worst_label"] = channel.format_condition(out["val_worst_condition"]) if worst else None  # with its unit
     out["val_images"] = n
     if prior is not None:
-        out["val_bits_estimate"] = bits / n  # the prior's -log2 likelihood per image (eval mode bits are measured)
+        # -log2 under integer tables from the density as it is at this epoch (not the histogram tables the
+        # finished run ships: metrics.json validation.tables); eval measures the real streams
+        out["val_bits_estimate"] = bits / n
     return out

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..codec.entropy import find_prior, update_tables
+from ..codec.entropy import PRECISION, find_prior, update_tables
 from ..data.batching import BatchTransform, make_loader
 from .features import FeatureCache
 
@@ -32,7 +32,7 @@ def calibrate_tables(pipeline, images, transform: BatchTransform, device: torch.
     prior = find_prior(pipeline.codec)
     if prior is None or images is None or len(images) == 0:
         return {}
-    was_training = pipeline.codec.training
+    was_training = pipeline.training
     pipeline.eval()
     n = min(limit, len(images))
     hist = torch.zeros(prior.channels, 2 * prior.support + 1, dtype=torch.float64)
@@ -45,12 +45,11 @@ def calibrate_tables(pipeline, images, transform: BatchTransform, device: torch.
         for x, _ in make_loader(subset, 256, shuffle=False, seed=0):
             hist += prior.histogram(pipeline.codec.encoder(pipeline.head(transform(x).to(device)), 0.0))
     positions = hist.sum(1, keepdim=True) / n  # symbols per image per channel
-    density = prior.pmf()
+    density = prior.pmf().cpu()
     update_tables(pipeline.codec, hist + positions * density)
-    counts = prior.counts.double() / 2.0**16
+    counts = prior.counts.double().cpu() / 2.0**PRECISION
     bits = float(-(hist * counts.log2()).sum() / n)  # what the tables spend on these images' code
-    if was_training:
-        pipeline.codec.train()
+    pipeline.train(was_training)
     return {"source": "histogram of the trained code on the training images", "images": n,
             "bits_per_image_estimate": bits,
             "density_bits_per_image_estimate": float(-(hist * density.clamp_min(1e-300).log2()).sum() / n)}
