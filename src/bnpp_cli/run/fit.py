@@ -22,28 +22,28 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..codec.config import CodecConfig, plan_codec
+from ..codec.config import plan_codec
 from ..codec.entropy import update_tables
-from ..codec.presets import LR_SCHEDULES, get_preset
+from ..codec.presets import get_preset
 from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset, split_train_val
-from ..errors import BnppError, DataError, RunError
+from ..errors import BnppError
 from ..split.backbone import load_backbone
 from ..split.graph import split_model, trace_model
 from . import distributed
 from .config import FitConfig, RunConfig
 from .features import FeatureCache, check_fit, for_fit
+from .checks import check_batches, check_data_paths, check_numbers, check_out, check_resumable, check_same_codec
 from .lengths import calibrate_lengths
-from .tables import calibrate_tables
 from .loop import Callback, EpochSpec, classifier_name, make_optimizer, set_trainable, train_epoch, validate
 from .pipeline import SplitPipeline, build_pipeline
-from .rundir import CONFIG_FILE, RunDir
+from .rundir import RunDir
+from .tables import calibrate_tables
 
 
 def resolve_recipe(config: FitConfig) -> FitConfig:
@@ -73,10 +73,10 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     rank, world = distributed.rank_and_world()
     config = resolve_recipe(config)
     run_dir = RunDir(config.out)
-    _check_out(run_dir, config)
-    _check_numbers(config)
+    check_out(run_dir, config)
+    check_numbers(config)
     check_fit(config, world)
-    _check_data_paths(config)  # before any model is built: a typo costs no minutes
+    check_data_paths(config)  # before any model is built: a typo costs no minutes
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BnppError(f"--device {config.device}: CUDA is not available on this machine", hint="use --device cpu")
@@ -92,7 +92,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     backbone = load_backbone(config.backbone)
     saved = run_dir.read_config() if config.resume else None
     if saved is not None:
-        _check_resumable(run_dir, saved, config)
+        check_resumable(run_dir, saved, config)
         backbone.model.load_state_dict(run_dir.read_source_backbone(), strict=True)
     input_size = backbone.input_size
     traced = trace_model(backbone.model, input_size, config.backbone.model)
@@ -116,8 +116,8 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
                            hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks,
                            decoder_blocks=int(config.decoder_blocks))
     if saved is not None:
-        _check_same_codec(run_dir, saved.codec, codec_cfg)
-    _check_batches(len(train_set), config.batch_size, world)
+        check_same_codec(run_dir, saved.codec, codec_cfg)
+    check_batches(len(train_set), config.batch_size, world)
     run_config = RunConfig(
         model=config.backbone.model, create_kwargs=backbone.create_kwargs, source_weights=backbone.weights,
         data_config=backbone.data_config, split=point.name, feature_shape=list(point.shape),
@@ -136,44 +136,6 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     return trainer.run()
 
 
-def _check_out(run_dir: RunDir, config: FitConfig) -> None:
-    """--out: a new or empty directory; a bnpp run to --resume; or a bnpp run to --overwrite."""
-    if config.resume and config.overwrite:
-        raise RunError("give --resume (continue the run) or --overwrite (start it again), not both")
-    if config.resume and not run_dir.is_run:
-        raise RunError(f"cannot resume: '{run_dir}' is not a bnpp run directory (no {CONFIG_FILE})")
-    if config.resume or run_dir.is_empty():
-        return
-    if not config.overwrite:
-        raise RunError(f"run directory '{run_dir}' already exists and is not empty",
-                       hint="pass --resume to continue it, --overwrite to start it again, or choose another --out")
-    if not run_dir.replaceable:
-        raise RunError(f"--overwrite: '{run_dir}' holds files that are not a bnpp run's "
-                       f"({', '.join(run_dir.foreign_entries()[:3])}): not deleting them",
-                       hint="choose another --out")
-
-
-def _check_data_paths(config: FitConfig) -> None:
-    """A --data / --val-data that names a file or directory must exist (dataset names load later)."""
-    for flag, spec in (("--data", config.data), ("--val-data", config.val_data)):
-        if spec is None:
-            continue
-        path = Path(spec).expanduser()
-        looks_like_path = "/" in spec or spec.startswith(("~", ".")) or path.suffix != ""
-        if looks_like_path and not path.exists():
-            raise DataError(f"{flag} {spec}: no such file or directory",
-                            hint="an .npz file, an ImageFolder directory, or a dataset name such as cifar10")
-
-
-def _check_batches(images: int, batch_size: int, world: int) -> None:
-    """Every epoch drops its last partial batch: fewer images than a batch would train nothing."""
-    if images // world // batch_size < 1:
-        per = f" per process ({world} processes)" if world > 1 else ""
-        raise DataError(f"{images} training images give no full batch of {batch_size}{per}: nothing would train",
-                        hint=f"use --batch-size {max(1, images // world)} or less, or more images "
-                             "(--limit, --val-fraction)")
-
-
 def _validation_source(config: FitConfig, val_set, weights: str) -> dict[str, Any]:
     """Where the validation top-1 comes from, said with the figure (metrics.json, the fit's output)."""
     images = len(val_set) if val_set is not None else 0
@@ -182,52 +144,6 @@ def _validation_source(config: FitConfig, val_set, weights: str) -> dict[str, An
     # held out of --data: the codec never trains on them, but a backbone brought with weights may
     # have been trained on these very images (then this top-1 overstates accuracy on new ones)
     return {"source": "held out of --data", "images": images, "backbone_may_have_seen": weights != "random"}
-
-
-def _check_resumable(run_dir: RunDir, saved: RunConfig, config: FitConfig) -> None:
-    """Resume only a run of the same model, split, preset and channel."""
-    fit = saved.fit
-    asked = {"model": config.backbone.model, "split": config.split, "preset": config.preset,
-             "channel": config.channel.name}
-    found = {"model": saved.model, "split": fit.split if fit else None, "preset": fit.preset if fit else None,
-             "channel": saved.channel.name}
-    for key, value in asked.items():
-        if found[key] != value:
-            raise RunError(f"cannot resume '{run_dir}': it was fitted with {key} {found[key]!r}, not {value!r}")
-
-
-def _check_same_codec(run_dir: RunDir, saved: CodecConfig, codec_cfg: CodecConfig) -> None:
-    """Resume only into the codec the run started with (other options, or another bnpp version's
-    defaults, would build a codec its checkpoint does not fit)."""
-    diff = saved.differences(codec_cfg)
-    if diff:
-        have = ", ".join(f"{k} {was!r}" for k, (was, _) in diff.items())
-        give = ", ".join(f"{now!r}" for was, now in diff.values())
-        raise RunError(f"cannot resume '{run_dir}': its codec has {have}, these options give {give}",
-                       hint=f"pass the options it was fitted with (see {run_dir.file(CONFIG_FILE)})")
-
-
-def _check_numbers(c: FitConfig) -> None:
-    bad = [(k, v) for k, v in (("--codec-epochs", c.codec_epochs), ("--joint-epochs", c.joint_epochs)) if v < 0]
-    bad += [(k, v) for k, v in (("--lr", c.lr), ("--joint-lr", c.joint_lr), ("--batch-size", c.batch_size)) if not v > 0]
-    bad += [("--distill", c.distill)] if c.distill < 0 else []
-    bad += [("--distill-features", c.distill_features)] if not 0 <= c.distill_features < float("inf") else []
-    blocks = c.decoder_blocks
-    bad += [("--decoder-blocks", blocks)] if int(blocks) != blocks or blocks < 0 else []
-    bad += [("--lmbda", c.lmbda)] if not 0 <= c.lmbda < float("inf") else []
-    bad += [("--distill-temperature", c.distill_temperature)] if not c.distill_temperature > 0 else []
-    if c.lr_schedule not in LR_SCHEDULES:
-        raise BnppError(f"unknown --lr-schedule {c.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
-    bad += [("--limit", c.limit)] if c.limit is not None and c.limit < 1 else []
-    bad += [("--checkpoint-steps", c.checkpoint_steps)] if c.checkpoint_steps is not None and c.checkpoint_steps < 1 else []
-    bad += [("--checkpoint-minutes", c.checkpoint_minutes)] if c.checkpoint_minutes is not None and \
-        not 0 < c.checkpoint_minutes < float("inf") else []
-    if bad:
-        raise BnppError(f"{bad[0][0]} {bad[0][1]} is out of range",
-                        hint="epochs, --decoder-blocks: integers >= 0; lr, batch size > 0; --limit, "
-                             "--checkpoint-steps >= 1; minutes > 0")
-    if c.codec_epochs + c.joint_epochs == 0:
-        raise BnppError("nothing to train: --codec-epochs and --joint-epochs are both 0")
 
 
 def _classes_of(dataset) -> list[str] | None:
