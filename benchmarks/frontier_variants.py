@@ -33,6 +33,12 @@ VARIANTS: dict[str, dict] = {
     "fd1": {"distill_features": 1.0},  # the tail's pre-logits features as well as its logits
     "fd10": {"distill_features": 10.0},
     "dec2-fd1": {"decoder_blocks": 2, "distill_features": 1.0},
+    # --distill-at (resnet names): the tail's input at layer2 (the decoder's output against the uncut
+    # feature: reconstruction), layer3's output (layer4's input), and these with the pre-logits features
+    "fd-in": {"distill_features": 1.0, "distill_at": ["layer3.0.conv1"]},
+    "fd-l3": {"distill_features": 1.0, "distill_at": ["layer4.0.conv1"]},
+    "fd-l3-pre": {"distill_features": 1.0, "distill_at": ["layer4.0.conv1", "fc"]},
+    "fd-all": {"distill_features": 1.0, "distill_at": ["layer3.0.conv1", "layer4.0.conv1", "fc"]},
     "enc2": {"encoder_blocks": 2},  # device capacity (device MACs grow)
     "hid128": {"hidden_channels": 128},  # both sides wider
     "joint1": {"joint_epochs": 1, "joint_lr": 1e-4},  # fine-tune the tail (and head) afterwards

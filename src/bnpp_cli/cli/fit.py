@@ -134,6 +134,9 @@ def fit(
     distill_features: Annotated[Optional[float], typer.Option(
         help="Weight of the tail's pre-logits features' relative squared error against the uncut model's "
              "(also distilled; not with --cache-features) [0].")] = None,
+    distill_at: Annotated[Optional[str], typer.Option(
+        help="Tail modules, comma-separated, whose inputs --distill-features matches (the mean over them), "
+             "e.g. layer4.0.conv1 [the classifier].")] = None,
     augment: Annotated[bool, typer.Option(help="Random crop + flip.")] = True,
     cache_features: Annotated[bool, typer.Option(
         "--cache-features", help="Compute the frozen head's features and teacher logits once, not every "
@@ -180,7 +183,8 @@ def fit(
         val_data=val_data, val_fraction=val_fraction, data_root=data_root, limit=limit, codec_epochs=codec_epochs,
         joint_epochs=joint_epochs, lr=lr, joint_lr=joint_lr, lr_schedule=lr_schedule, batch_size=batch_size,
         distill=distill, distill_temperature=distill_temperature,
-        distill_features=distill_features, lmbda=lmbda, augment=augment,
+        distill_features=distill_features,
+        distill_at=[q.strip() for q in distill_at.split(",")] if distill_at is not None else None, lmbda=lmbda, augment=augment,
         feature_cache=str(cache_dir) if cache_dir is not None else cache_features, device=device, seed=seed,
         resume=resume, overwrite=overwrite, checkpoint_steps=checkpoint_steps,
         checkpoint_minutes=checkpoint_minutes or None,

@@ -79,6 +79,9 @@ def check_numbers(c: FitConfig) -> None:
     bad += [(k, v) for k, v in (("--lr", c.lr), ("--joint-lr", c.joint_lr), ("--batch-size", c.batch_size)) if not v > 0]
     bad += [("--distill", c.distill)] if c.distill < 0 else []
     bad += [("--distill-features", c.distill_features)] if not 0 <= c.distill_features < float("inf") else []
+    if c.distill_at is not None and not c.distill_features > 0:
+        raise BnppError(f"--distill-at {','.join(c.distill_at)} says where --distill-features matches the tail, "
+                        f"and --distill-features is {c.distill_features:g}", hint="give --distill-features > 0")
     blocks = c.decoder_blocks
     bad += [("--decoder-blocks", blocks)] if int(blocks) != blocks or blocks < 0 else []
     bad += [("--lmbda", c.lmbda)] if not 0 <= c.lmbda < float("inf") else []

@@ -52,6 +52,9 @@ class FitConfig:
     # weight of || g - g_uncut ||^2 / || g_uncut ||^2, g the tail's pre-logits features (the classifier's
     # input), as well as the logits; None: the recipe (0). Not with a feature cache (it holds logits only)
     distill_features: float | None = None
+    # where distill_features matches: tail modules (each called once) whose inputs are compared, e.g.
+    # the stages' first convs; the loss is the mean over them. None: the classifier's input
+    distill_at: list[str] | None = None
     lmbda: float | None = None  # entropy preset: rate weight, loss += lmbda x bits per image; None: the recipe
     augment: bool = True  # random crop + flip: the CIFAR convention, and what timm's train.py does
     # phase codec without augmentation: the frozen head's features and teacher logits computed once

@@ -40,7 +40,7 @@ from .config import FitConfig, RunConfig
 from .features import FeatureCache, check_fit, for_fit
 from .checks import check_batches, check_data_paths, check_numbers, check_out, check_resumable, check_same_codec
 from .lengths import calibrate_lengths
-from .loop import Callback, EpochSpec, classifier_name, make_optimizer, set_trainable, train_epoch, validate
+from .loop import Callback, EpochSpec, distill_points, make_optimizer, set_trainable, train_epoch, validate
 from .pipeline import SplitPipeline, build_pipeline
 from .rundir import RunDir
 from .tables import calibrate_tables
@@ -205,7 +205,7 @@ class _Trainer:
         # the uncut model as it was before fine-tuning, for distillation in phase joint
         distills = config.distill > 0 or config.distill_features > 0
         self.teacher = copy.deepcopy(model).eval() if distills and config.joint_epochs > 0 else None
-        self.probe = classifier_name(model, pipeline.tail) if config.distill_features > 0 else None
+        self.probe = distill_points(model, pipeline.tail, config.distill_at) if config.distill_features > 0 else ()
         self.plan = [("codec", i) for i in range(config.codec_epochs)] + [("joint", i) for i in range(config.joint_epochs)]
         # mid-epoch checkpoints hold this process's generators: one process only (under torchrun,
         # every rank's would be needed), so torchrun runs checkpoint at epoch ends

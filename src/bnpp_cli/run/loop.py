@@ -76,11 +76,38 @@ def classifier_name(model: nn.Module, tail: nn.Module) -> str:
     except AttributeError:
         pass
     raise RunError(f"--distill-features matches the input of the classifier, and this tail has no classifier "
-                   f"module {name!r} (timm's pretrained_cfg['classifier'])", hint="use --distill-features 0")
+                   f"module {name!r} (timm's pretrained_cfg['classifier'])",
+                   hint="use --distill-features 0, or name tail modules with --distill-at")
+
+
+def distill_points(model: nn.Module, tail: nn.Module, names: list[str] | None) -> tuple[str, ...]:
+    """The tail modules whose inputs feature distillation matches: ``names`` (checked: each is called
+    exactly once in the tail's forward, so its input is one tensor per pass, and exists in the uncut
+    model, the teacher of phase joint), or the classifier where None."""
+    if names is None:
+        return (classifier_name(model, tail),)
+    if not names:
+        raise RunError("--distill-at names no module", hint="give one or more, comma-separated")
+    graph = getattr(tail, "graph", None)
+    calls = [n.target for n in graph.nodes if n.op == "call_module"] if graph is not None else \
+        [q for q, m in tail.named_modules() if q and not any(True for _ in m.children())]
+    entries: list[str] = []  # the first module called in each top-level part: the stages' inputs
+    for c in calls:
+        entries += [c] if all(e.split(".")[0] != c.split(".")[0] for e in entries) else []
+    for name in names:
+        try:
+            model.get_submodule(name)
+            ok = calls.count(name) == 1
+        except AttributeError:
+            ok = False
+        if not ok:
+            raise RunError(f"--distill-at {name!r} is not a module this tail calls once; valid: any called module, "
+                           f"e.g. the stages' first: {', '.join(entries[:8])}")
+    return tuple(dict.fromkeys(names))
 
 
 class _Probe:
-    """The input of one module at its last forward (a forward pre-hook): the tail's pre-logits features."""
+    """The input of one module at its last forward (a forward pre-hook): the tail's features there."""
 
     def __init__(self, module: nn.Module):
         self.value: torch.Tensor | None = None
@@ -92,7 +119,7 @@ class _Probe:
     def take(self) -> torch.Tensor:
         value, self.value = self.value, None
         if value is None:
-            raise RunError("the classifier did not run in this forward pass: no features to distil")
+            raise RunError("a --distill-at module did not run in this forward pass: no features to distil")
         return value
 
 
@@ -123,8 +150,8 @@ class EpochSpec:
     rank: int = 0
     world: int = 1
     lmbda: float = 0.0  # rate weight of an entropy code: loss += lmbda x bits per image
-    distill_features: float = 0.0  # weight of feature_distillation_loss at the classifier's input
-    classifier: str | None = None  # that module's name in the tail and in the teacher (with distill_features)
+    distill_features: float = 0.0  # weight of the mean feature_distillation_loss over distill_at
+    distill_at: tuple[str, ...] = ()  # modules (in the tail and the teacher) whose inputs are matched
 
 
 def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teacher: nn.Module | None,
@@ -154,10 +181,10 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
     fd = spec.distill_features > 0
     if fd and cache is not None:
         raise RunError("--distill-features needs the teacher's tail features; a feature cache holds logits only")
-    probe = _Probe(pipeline.tail.get_submodule(spec.classifier)) if fd else None  # type: ignore[arg-type]
+    probes = [_Probe(pipeline.tail.get_submodule(q)) for q in spec.distill_at] if fd else []
     # phase codec: the teacher is the same frozen tail on the uncut features; phase joint: the uncut model
     joint_teacher = fd and teacher is not None and spec.phase == "joint"
-    teacher_probe = _Probe(teacher.get_submodule(spec.classifier)) if joint_teacher else probe  # type: ignore[union-attr]
+    teacher_probes = [_Probe(teacher.get_submodule(q)) for q in spec.distill_at] if joint_teacher else probes  # type: ignore[union-attr]
     prior = find_prior(pipeline.codec)  # an entropy code: its rate joins the loss
     total, correct, loss_sum, seen, start, before_s = len(loader), 0, 0.0, 0, 0, 0.0
     if resume is not None:
@@ -195,18 +222,19 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
                         with torch.no_grad():
                             f = pipeline.head(x)
                             target = pipeline.tail(f) if spec.distill > 0 or fd else None
-                    taught = teacher_probe.take() if fd else None  # the same tail ran on the uncut features
+                    taught = [q.take() for q in teacher_probes] if fd else None  # the same tail ran on the uncut features
                     logits = forward(f, param, gen, True)
                 else:
                     with torch.no_grad():
                         target = teacher(x) if teacher is not None else None
-                    taught = teacher_probe.take() if fd and teacher is not None else None
+                    taught = [q.take() for q in teacher_probes] if fd and teacher is not None else None
                     logits = forward(x, param, gen)
                 loss = F.cross_entropy(logits.float(), y)
                 if target is not None and spec.distill > 0:
                     loss = loss + spec.distill * distillation_loss(logits, target, spec.distill_temperature)
                 if taught is not None:
-                    loss = loss + spec.distill_features * feature_distillation_loss(probe.take(), taught)
+                    fdl = sum(feature_distillation_loss(q.take(), t) for q, t in zip(probes, taught)) / len(probes)
+                    loss = loss + spec.distill_features * fdl
                 if prior is not None:
                     loss = loss + prior.rate_loss(spec.lmbda)
             optimizer.zero_grad(set_to_none=True)
@@ -226,7 +254,7 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
             if after_batch is not None:
                 after_batch(position)
     finally:  # also when a checkpoint request stops the epoch: no hook outlives it
-        for q in {id(q): q for q in (probe, teacher_probe) if q is not None}.values():
+        for q in {id(q): q for q in probes + teacher_probes}.values():
             q.handle.remove()
     return {"phase": spec.phase, "epoch": spec.epoch, "train_loss": loss_sum / max(seen, 1),
             "train_top1": correct / max(seen, 1), "seconds": before_s + time.perf_counter() - t0,
