@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict] = {
     "fd-l3": {"distill_features": 1.0, "distill_at": ["layer4.0.conv1"]},
     "fd-l3-pre": {"distill_features": 1.0, "distill_at": ["layer4.0.conv1", "fc"]},
     "fd-all": {"distill_features": 1.0, "distill_at": ["layer3.0.conv1", "layer4.0.conv1", "fc"]},
+    "nosr": {"spatial_reduction": False},  # the same symbols as more positions, fewer channels (2 x 4 x 4)
     "enc2": {"encoder_blocks": 2},  # device capacity (device MACs grow)
     "hid128": {"hidden_channels": 128},  # both sides wider
     "joint1": {"joint_epochs": 1, "joint_lr": 1e-4},  # fine-tune the tail (and head) afterwards
