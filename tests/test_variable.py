@@ -356,12 +356,15 @@ def test_onnx_halves_send_the_tables_prefix(variable_run, tmp_path, monkeypatch)
 
     run = _two_lengths(load_run(variable_run.run))
     monkeypatch.setattr(export_module, "load_run", lambda path: run)
-    res = export_module.export_halves(variable_run.run, tmp_path / "deploy", format="all")
+    res = export_module.export_halves(variable_run.run, tmp_path / "deploy", format="all",
+                                      calib_data=str(variable_run.data), calib_images=16)
     device, edge = load_pair(tmp_path / "deploy")
     onnx_device, onnx_edge = load_onnx_pair(tmp_path / "deploy")
+    int8_device, _ = load_onnx_pair(tmp_path / "deploy", int8=True)
     props = onnx_device.session.get_modelmeta().custom_metadata_map
     assert json.loads(props["length_table"]) == [[pytest.approx(p), k] for p, k in device.encoder.lengths.entries()]
     assert res.onnx["check"]["top1_agreement"] == 1.0  # export's own check went through the noisiest prefix
+    assert res.onnx["int8"]["calib_images"] == 16 and res.onnx["int8"]["top1_agreement_calib"] >= 0.9  # 1.0 here
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     total = device.codec_config.code_symbols
     with torch.no_grad():
@@ -370,6 +373,9 @@ def test_onnx_halves_send_the_tables_prefix(variable_run, tmp_path, monkeypatch)
             frame = onnx_device.compress(x, param)
             assert wire.decode(frame)[0].shape == (3, k) and onnx_device.symbols(param) == k
             assert len(frame) == len(device.compress(x, param))  # the same frame size as the safetensors half
+            # the int8 device half carries the same table: the same prefix, the same frame size
+            assert wire.decode(int8_device.compress(x, param))[0].shape == (3, k) and int8_device.symbols(param) == k
+            assert len(int8_device.compress(x, param)) == len(frame)
             got = onnx_edge.decompress(frame, param, seed=4)
             want = edge.decompress(device.compress(x, param), param, seed=4)  # same prefix, same noise draws
             assert torch.allclose(got, want, atol=1e-3)
