@@ -31,6 +31,7 @@ VARIANTS: dict[str, dict] = {
     "dec2": {"decoder_blocks": 2},  # edge capacity where the code is thin
     "dec4": {"decoder_blocks": 4},
     "fd1": {"distill_features": 1.0},  # the tail's pre-logits features as well as its logits
+    "fd3": {"distill_features": 3.0},
     "fd10": {"distill_features": 10.0},
     "dec2-fd1": {"decoder_blocks": 2, "distill_features": 1.0},
     # --distill-at (resnet names): the tail's input at layer2 (the decoder's output against the uncut
