@@ -83,7 +83,9 @@ def classifier_name(model: nn.Module, tail: nn.Module) -> str:
 def distill_points(model: nn.Module, tail: nn.Module, names: list[str] | None) -> tuple[str, ...]:
     """The tail modules whose inputs feature distillation matches: ``names`` (checked: each is called
     exactly once in the tail's forward, so its input is one tensor per pass, and exists in the uncut
-    model, the teacher of phase joint), or the classifier where None."""
+    model, the teacher of phase joint), or the classifier where None. The calls are read from the
+    tail's FX graph (bnpp's tails are traced); a tail without one offers its leaf modules, unchecked
+    for repeated calls."""
     if names is None:
         return (classifier_name(model, tail),)
     if not names:
