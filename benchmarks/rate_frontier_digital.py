@@ -124,7 +124,8 @@ def main() -> None:
                        "lmbda_rule": "ascending; a ratio's sweep stops at the first lmbda whose validation drop "
                                      f"exceeds {max(levels):g} points"},
             "bits": "measured: 8 x the payload bytes of each image's own batch-1 range-coded stream (wire header "
-                    "excluded), mean over the images; est_bits is -log2 under the run's integer tables (the prior's likelihood in runs fitted before d70ad1b)",
+                    "excluded), mean over the images; est_bits is -log2 under the run's integer tables (the "
+                    "prior's likelihood in runs fitted before d70ad1b)",
             "levels_points": levels, "validation": {"rule": args.validation, **val_info},
             "wall_seconds": time.perf_counter() - t0, "complete": complete, "fits": fits, "frontier": frontier})
 

@@ -186,7 +186,8 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
     probes = [_Probe(pipeline.tail.get_submodule(q)) for q in spec.distill_at] if fd else []
     # phase codec: the teacher is the same frozen tail on the uncut features; phase joint: the uncut model
     joint_teacher = fd and teacher is not None and spec.phase == "joint"
-    teacher_probes = [_Probe(teacher.get_submodule(q)) for q in spec.distill_at] if joint_teacher else probes  # type: ignore[union-attr]
+    teacher_probes = ([_Probe(teacher.get_submodule(q)) for q in spec.distill_at]  # type: ignore[union-attr]
+                      if joint_teacher else probes)
     prior = find_prior(pipeline.codec)  # an entropy code: its rate joins the loss
     total, correct, loss_sum, seen, start, before_s = len(loader), 0, 0.0, 0, 0, 0.0
     if resume is not None:
