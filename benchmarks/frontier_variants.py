@@ -53,6 +53,7 @@ VARIANTS: dict[str, dict] = {
     "snr20": {"train_snr": 20.0},  # trained for the frontier's own condition, PSNR >= 20 dB (not >= 10)
     "hid96": {"hidden_channels": 96},
     "e30": {"codec_epochs": 30},
+    "e60": {"codec_epochs": 60},
     # no augmentation, the frozen head's features computed once (run.features): a long schedule in less time
     "cached": {"augment": False, "feature_cache": "@runs/features"},
 }
