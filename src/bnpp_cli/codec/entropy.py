@@ -120,8 +120,8 @@ class FactorizedPrior(nn.Module):
 
     def table_likelihood(self, z: Tensor) -> Tensor:
         """p(z) under the frozen integer tables, per element of an integer code z (N, *code)."""
-        b, n = self.support, z.shape[0]
-        sym = z.reshape(n, self.channels, -1).round().clamp(-b, b).to(torch.int64) + b
+        n = z.shape[0]
+        sym = symbol_indices(z, self.channels, self.support)
         probs = self.counts.to(torch.float64) / 2.0**PRECISION
         p = torch.gather(probs.unsqueeze(0).expand(n, -1, -1), 2, sym)
         return p.to(torch.float32).reshape(z.shape)
@@ -160,11 +160,16 @@ class FactorizedPrior(nn.Module):
     @torch.no_grad()
     def histogram(self, z: Tensor) -> Tensor:
         """Occurrences of each symbol per channel in an integer code z (N, *code): (C', 2B + 1) float64."""
-        b = self.support
-        sym = z.detach().reshape(z.shape[0], self.channels, -1).round().clamp(-b, b).to(torch.int64) + b
+        sym = symbol_indices(z.detach(), self.channels, self.support)
         sym = sym.permute(1, 0, 2).reshape(self.channels, -1).cpu()
-        out = torch.zeros(self.channels, 2 * b + 1, dtype=torch.float64)
+        out = torch.zeros(self.channels, 2 * self.support + 1, dtype=torch.float64)
         return out.scatter_add_(1, sym, torch.ones_like(sym, dtype=torch.float64))
+
+
+def symbol_indices(z: Tensor, channels: int, support: int) -> Tensor:
+    """An integer code z (N, *code) -> (N, C', positions) int64 indices into a channel's 2B + 1
+    table entries (symbol + B; values beyond [-B, B] clamped, as the forward pass does)."""
+    return z.reshape(z.shape[0], channels, -1).round().clamp(-support, support).to(torch.int64) + support
 
 
 def integer_tables(pmf: Tensor, precision: int = PRECISION) -> Tensor:
@@ -250,9 +255,8 @@ def encode_symbols(z: Tensor, tables: FactorizedPrior | SymbolTables) -> list[by
     """Integer code (N, *code) -> one range-coded stream per image, with the frozen tables."""
     constriction = _coder()
     probs = _checked_counts(tables)
-    b = tables.support
     n = z.shape[0]
-    sym = (z.detach().cpu().reshape(n, tables.channels, -1).round().clamp(-b, b).to(torch.int64) + b)
+    sym = symbol_indices(z.detach().cpu(), tables.channels, tables.support)
     per_symbol = probs[np.repeat(np.arange(tables.channels), sym.shape[2])]  # (C' H' W', K), C order
     family = constriction.stream.model.Categorical(perfect=False)
     return [_encode_trimmed(sym[i].reshape(-1).numpy(), per_symbol, family) for i in range(n)]

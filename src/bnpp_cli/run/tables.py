@@ -36,20 +36,22 @@ def calibrate_tables(pipeline, images, transform: BatchTransform, device: torch.
     pipeline.eval()
     n = min(limit, len(images))
     hist = torch.zeros(prior.channels, 2 * prior.support + 1, dtype=torch.float64)
-    if isinstance(images, FeatureCache):  # a feature cache: the head's features are already computed
-        for start in range(0, n, 256):
-            f, _ = images.batch(torch.arange(start, min(start + 256, n)), device)
-            hist += prior.histogram(pipeline.codec.encoder(f, 0.0))
-    else:
-        subset = torch.utils.data.Subset(images, range(n))
-        for x, _ in make_loader(subset, 256, shuffle=False, seed=0):
-            hist += prior.histogram(pipeline.codec.encoder(pipeline.head(transform(x).to(device)), 0.0))
+    try:
+        if isinstance(images, FeatureCache):  # a feature cache: the head's features are already computed
+            for start in range(0, n, 256):
+                f, _ = images.batch(torch.arange(start, min(start + 256, n)), device)
+                hist += prior.histogram(pipeline.codec.encoder(f, 0.0))
+        else:
+            subset = torch.utils.data.Subset(images, range(n))
+            for x, _ in make_loader(subset, 256, shuffle=False, seed=0):
+                hist += prior.histogram(pipeline.codec.encoder(pipeline.head(transform(x).to(device)), 0.0))
+    finally:  # the caller's mode back, also when a batch fails
+        pipeline.train(was_training)
     positions = hist.sum(1, keepdim=True) / n  # symbols per image per channel
     density = prior.pmf().cpu()
     update_tables(pipeline.codec, hist + positions * density)
     counts = prior.counts.double().cpu() / 2.0**PRECISION
     bits = float(-(hist * counts.log2()).sum() / n)  # what the tables spend on these images' code
-    pipeline.train(was_training)
     return {"source": "histogram of the trained code on the training images", "images": n,
             "bits_per_image_estimate": bits,
             "density_bits_per_image_estimate": float(-(hist * density.clamp_min(1e-300).log2()).sum() / n)}
