@@ -311,24 +311,18 @@ def test_histogram_counts_every_symbol_per_channel():
 
 
 def test_calibrated_tables_are_the_codes_histogram_and_spend_fewer_bits():
-    from bnpp_cli.data.batching import BatchTransform
-    from bnpp_cli.run.features import FeatureCache
-    from bnpp_cli.run.tables import calibrate_tables
+    from bnpp_cli.codec.calibrate import calibrate_tables
 
     # a random-init entropy codec codes random features with integers over several bins
     codec = build_codec(plan_codec((16, 4, 4), ratio=4, preset="entropy"))
-    pipeline = torch.nn.Module()
-    pipeline.head, pipeline.codec = torch.nn.Identity(), codec
-    pipeline.train()
+    codec.train()
     g = torch.Generator().manual_seed(0)
     f = torch.randn(300, 16, 4, 4, generator=g)
-    cache = FeatureCache(f, torch.zeros(300, 10), torch.zeros(300, dtype=torch.int64), {})
     prior = find_prior(codec)
     update_tables(codec)  # the density's tables, as every save before the final one
     density_counts = prior.counts.clone()
-    record = calibrate_tables(pipeline, cache, BatchTransform((0.5,) * 3, (0.5,) * 3, augment=False),
-                              torch.device("cpu"), limit=200)
-    assert pipeline.training and codec.training  # the caller's mode is restored
+    record = calibrate_tables(codec, f[:200].split(64))  # the first 200 images' features, in batches
+    assert codec.training  # the caller's mode is restored
     codec.eval()
     with torch.no_grad():
         z = codec.encoder(f[:200], 0.0)

@@ -16,7 +16,7 @@ from bnpp_cli.codec.variable import (TABLE_ENTRIES, LengthTable, allowed_lengths
 from bnpp_cli.errors import CodecError
 from bnpp_cli.link import wire
 from bnpp_cli.link.channels import create_channel
-from bnpp_cli.run.lengths import choose_lengths, length_grid
+from bnpp_cli.codec.calibrate import choose_lengths, length_grid
 
 PAIR = "ab" * 16
 
@@ -141,7 +141,7 @@ def test_no_validation_images_is_refused(tmp_path):
 
     from .helpers import tiny_run
 
-    with pytest.raises(BnppError, match=r"--val-fraction 0 holds none out"):
+    with pytest.raises(BnppError, match=r"the fit holds none out"):
         tiny_run(tmp_path, preset="variable", condition=(5.0, 25.0), val_fraction=0.0)
     assert not (tmp_path / "run").exists()
 

@@ -12,7 +12,7 @@ Balle, Minnen, Singh, Hwang & Johnston, "Variational image compression with a sc
 The prior is one density per code channel (C' of a (C', H', W') code; each symbol of a flat code).
 Its integer tables, ``counts`` (C', 2B + 1) summing to 2^16 per channel with every count >= 1, are
 computed from the learned density (``update_tables``, called by `bnpp fit` before each save) and, at
-the end of a fit, from the histogram of the trained code on the training images (run.tables: a
+the end of a fit, from the histogram of the trained code on the training images (codec.calibrate: a
 density trained for a few hundred steps lags the code it models, and the coder pays for the gap), then
 stored with the weights: a stream decodes bit-exactly in any process and at any thread count,
 because the coder never sees a float the network computed. Values beyond [-B, B] are clamped in the

@@ -46,13 +46,11 @@ from torch import Tensor, nn
 
 from ..errors import CodecError
 from ..link.channels import Channel
-from ..link.receiver import simulate
-from ..link.transmit import decode_code, encode_code
 from .config import CodecConfig
-from .entropy import decode_entropy_frame, encode_entropy_frame, find_tables
+from .framing import Framing
 from .layers import Param, condition_plane
 from .presets import get_preset
-from .variable import LengthTable, air_prefix, pad_prefix, prefix_mask, sample_lengths, take_prefix
+from .variable import LengthTable, pad_prefix, prefix_mask, sample_lengths
 
 
 class Encoder(nn.Module):
@@ -156,26 +154,23 @@ class Codec(nn.Module):
         """Symbols sent per image at channel parameter ``param`` (the whole code unless variable-length)."""
         return self.encoder.lengths.length(param) if self.config.variable_length else self.config.code_symbols
 
+    def framing(self, channel: Channel, pair_id: str, side: str = "encoder") -> Framing:
+        """The wire framing of this code over ``channel`` (codec.framing), with the tables or length
+        table the ``side`` ("encoder" | "decoder") holds."""
+        if side not in ("encoder", "decoder"):
+            raise CodecError(f"unknown codec side {side!r}; valid: encoder, decoder")
+        return get_preset(self.config.preset).code.framing(self.config, channel, pair_id, getattr(self, side))
+
     def compress(self, f: Tensor, param: Param, channel: Channel, pair_id: str) -> bytes:
         """f (N, *feature) -> one wire frame of the N codes as ``channel`` sends them (an entropy
-        code: one range-coded stream per image, codec.entropy)."""
-        if find_tables(self.encoder) is not None:
-            return encode_entropy_frame(self.encoder(f, param), self.encoder, pair_id)
-        z = self.encoder(f, param)
-        if self.config.variable_length:  # an (N, k) frame: the prefix for this condition
-            z = take_prefix(z, self.symbols(float(param)))
-        return encode_code(z, channel, pair_id)
+        code: one range-coded stream per image; a variable-length code: the prefix for ``param``)."""
+        return self.framing(channel, pair_id).payload(self.encoder(f, param), float(param))
 
     def receive(self, frame: bytes, param: Param, channel: Channel, pair_id: str, seed: int = 0,
                 first_index: int = 0) -> Tensor:
         """Wire frame -> z_hat: the code as received over the simulated air interface."""
-        if find_tables(self.decoder) is not None:
-            return decode_entropy_frame(frame, self.decoder, pair_id, self.config.code_shape)
-        if self.config.variable_length:  # an (N, k) prefix; the decoder pads it
-            z = decode_code(frame, channel, pair_id, self.config.code_shape, prefix=True)
-            return air_prefix(channel, z, self.config.code_shape, param, seed, first_index)
-        z = decode_code(frame, channel, pair_id, self.config.code_shape)
-        return simulate(channel, z, param, seed, first_index)
+        framing = self.framing(channel, pair_id, "decoder")
+        return framing.air(framing.receive(frame), param, seed, first_index)
 
     def decompress(self, frame: bytes, param: Param, channel: Channel, pair_id: str, seed: int = 0,
                    first_index: int = 0) -> Tensor:

@@ -32,17 +32,17 @@ a token sequence (the 1-D codec), 1 x 1 on a vector and on each prefix token (co
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import CodecError, choices_hint
 from .entropy import FactorizedPrior, SymbolTables
+from .kinds import ENTROPY as ENTROPY_CODE, FIXED, VARIABLE as VARIABLE_CODE, FixedCode
 from .layers import ResidualBlock, activation, conv3, down, up
 from .standardize import standardizer_pair
 
-if TYPE_CHECKING:
-    from .config import CodecConfig
+CodecConfigLike = Any  # a codec.config.CodecConfig (that module imports this one: no import back)
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -62,17 +62,43 @@ class Recipe:
 
 @dataclass(frozen=True)
 class CodecPreset:
+    """Everything one preset decides: its layers, its recipe, its planning rules and its kind of code.
+
+    Attributes:
+        name: the registered name (``bnpp fit --preset NAME``).
+        layers: CodecConfig -> (encoder body, decoder body), the layers for every feature layout.
+        recipe: how it trains where FitConfig leaves a field None (``Recipe``).
+        thin_code_channels: halve H, W when C / ratio is below this (maps >= 4 x 4); None: never
+            (the paper's rule, C / ratio < 1, always applies).
+        decoder_condition: the decoder also sees the channel parameter.
+        hidden_width: (C, C') -> inner width; None: the preset has no inner layer.
+        default_encoder_blocks: residual blocks in the encoder; None: the preset has none.
+        standardize_signed: standardise a signed feature per channel around the codec (codec.standardize).
+        prefix_share: at least this share of a code's symbols for the prefix tokens (a ViT's class
+            token); 0: D / ratio symbols each.
+        code: the kind of code (codec.kinds): the hooks fit, eval, export and the halves call.
+    """
+
     name: str
-    layers: Callable[["CodecConfig"], tuple[nn.Sequential, nn.Sequential]]
+    layers: Callable[[CodecConfigLike], tuple[nn.Sequential, nn.Sequential]]
     recipe: Recipe
     thin_code_channels: float | None  # halve H, W when C / ratio is below this (maps >= 4 x 4); None: never
     decoder_condition: bool  # the decoder also sees the channel parameter
     hidden_width: Callable[[int, int], int] | None  # (C, C') -> inner width; None: no inner layer
     default_encoder_blocks: int | None  # residual blocks in the encoder; None: the preset has none
-    entropy_coded: bool = False  # integer code with a learned prior and a real coder (codec.entropy)
-    standardize_signed: bool = False  # standardise a signed feature per channel around the codec (codec.standardize)
-    prefix_share: float = 0.0  # at least this share of a code's symbols for the prefix tokens (cls ...); 0: D / ratio each
-    variable_length: bool = False  # every prefix of the code is a code; its length follows the channel (codec.variable)
+    standardize_signed: bool = False
+    prefix_share: float = 0.0
+    code: FixedCode = FIXED
+
+    @property
+    def entropy_coded(self) -> bool:
+        """An integer code with a learned prior and a real coder (codec.entropy)."""
+        return self.code.entropy_coded
+
+    @property
+    def variable_length(self) -> bool:
+        """Every prefix of the code is a code; its length follows the channel (codec.variable)."""
+        return self.code.variable_length
 
     def halves_thin_code(self, c: int, h: int, w: int, ratio: float) -> bool:
         """The preset's own stride-2 rule, beyond the paper's C / ratio < 1."""
@@ -112,7 +138,7 @@ def default_hidden_channels(in_channels: int, code_channels: int) -> int:
     return max(code_channels, min(in_channels, max(4 * code_channels, 64)))
 
 
-def _bottlenetpp_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
+def _bottlenetpp_layers(cfg: CodecConfigLike) -> tuple[nn.Sequential, nn.Sequential]:
     c, k, s, ax = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction, cfg.conv_axes
     encoder = nn.Sequential(down(c + 1, k, s, ax), nn.BatchNorm2d(k), nn.Sigmoid())
     decoder = nn.Sequential(up(k + int(cfg.decoder_condition), c, s, ax), nn.BatchNorm2d(c),
@@ -120,7 +146,7 @@ def _bottlenetpp_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequentia
     return encoder, decoder
 
 
-def _bnpp_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
+def _bnpp_layers(cfg: CodecConfigLike) -> tuple[nn.Sequential, nn.Sequential]:
     c, k, s, ax = cfg.in_channels, cfg.code_channels, cfg.spatial_reduction, cfg.conv_axes
     hid = cfg.hidden_channels or default_hidden_channels(c, k)
     std = standardizer_pair(c) if cfg.standardize else ()  # (first encoder layer, last decoder layer)
@@ -147,14 +173,14 @@ BOTTLENETPP = register_preset(CodecPreset(
 BNPP = register_preset(CodecPreset(
     name="bnpp", layers=_bnpp_layers,
     # 10x the paper's lr (the codec is small and starts from scratch) with cosine decay to 0, and
-    # distillation from the uncut model's logits at T = 4 (benchmarks/codec_ablation.py, session 2)
+    # distillation from the uncut model's logits at T = 4 (benchmarks/codec_ablation.py)
     recipe=Recipe(lr=1e-3, batch_size=64, distill=1.0, distill_temperature=4.0, lr_schedule="cosine"),
     # stride-2 code below C / ratio = 4: won at C / R = 1 and 2, lost at 4 (layer1 16x; README)
     thin_code_channels=4,
     decoder_condition=True, hidden_width=default_hidden_channels,
     default_encoder_blocks=1,  # one residual block: -0.65 points of drop at layer2 64x (ablation)
     # signed features (a transformer's residual stream) standardised per channel: the shared ViT's
-    # blocks.2 at 64x, validation top-1 30.4 -> 51.9 % (benchmarks/README.md, issue 13)
+    # blocks.2 at 64x, validation top-1 30.4 -> 51.9 % (benchmarks/rate_accuracy_tokens.py)
     standardize_signed=True,
     # the class token summarises the image for the head: D / ratio symbols (3 at 64x) starve it
     # (same ViT, blocks.2 64x, with standardisation: 51.9 -> 54.9 % at a quarter of the symbols)
@@ -162,7 +188,7 @@ BNPP = register_preset(CodecPreset(
 ))
 
 
-def _entropy_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
+def _entropy_layers(cfg: CodecConfigLike) -> tuple[nn.Sequential, nn.Sequential]:
     if cfg.layout.prefix_tokens or cfg.prefix_code_channels:
         raise CodecError(f"the entropy preset codes maps, sequences and vectors; not a layout with prefix "
                          f"tokens ({cfg.layout.describe()})")
@@ -175,11 +201,11 @@ def _entropy_layers(cfg: "CodecConfig") -> tuple[nn.Sequential, nn.Sequential]:
 ENTROPY = register_preset(CodecPreset(
     name="entropy", layers=_entropy_layers,
     # the bnpp recipe and a rate weight: 0.01 lost 0.4 points of validation top-1 against 0.003 for 23 %
-    # fewer estimated bits (resnet18 / CIFAR-10 layer3 64x, 5 epochs; benchmarks/README.md, issue 14)
+    # fewer estimated bits (resnet18 / CIFAR-10 layer3 64x, 5 epochs; benchmarks/entropy_sweep.py)
     recipe=replace(BNPP.recipe, lmbda=0.01),
     thin_code_channels=BNPP.thin_code_channels, decoder_condition=True, hidden_width=default_hidden_channels,
-    default_encoder_blocks=BNPP.default_encoder_blocks, entropy_coded=True,
+    default_encoder_blocks=BNPP.default_encoder_blocks, code=ENTROPY_CODE,
 ))
 
 
-VARIABLE = register_preset(replace(BNPP, name="variable", variable_length=True))
+VARIABLE = register_preset(replace(BNPP, name="variable", code=VARIABLE_CODE))

@@ -20,7 +20,7 @@ the power over the whole code (its scale would differ with k): refused (``check_
 The table (``LengthTable``, buffers of the encoder: it travels in codec.safetensors and the device
 half) maps channel parameters to lengths: for a parameter p the entry of the smallest grid
 parameter >= p (the nearest grid condition at least as bad), K beyond the worst grid point. It is
-chosen on validation images after the fit (run.lengths.calibrate_lengths): at each grid condition
+chosen on validation images after the fit (codec.calibrate.calibrate_lengths): at each grid condition
 the smallest allowed k whose top-1 is within ``LENGTH_TOLERANCE`` of the full code's at that
 condition, made monotone (a worse condition never gets fewer symbols). An uncalibrated table sends K.
 """

@@ -20,10 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..codec.entropy import find_tables
-from ..errors import ExportError
 from ..codec.presets import get_preset
-from ..link.transmit import header_bytes, payload_bytes
+from ..errors import CodecError, ExportError
 from ..run.pipeline import build_pipeline, load_run
 from .bundle import DEVICE_FILE, EDGE_FILE, pair_id, write_half
 from .halves import DeviceHalf, EdgeHalf
@@ -86,10 +84,11 @@ def export_halves(run_dir: str | Path, out_dir: str | Path, format: str = "safet
 def export_run(config: ExportConfig) -> ExportResult:
     run = load_run(config.run)
     p = run.pipeline
-    if config.format != "safetensors" and find_tables(p.codec.encoder) is not None:  # before any file is written
-        raise ExportError(f"run '{config.run}' has an entropy-coded code (preset {p.codec.config.preset}): its range "
-                          "coder needs the integer tables the safetensors halves carry, not the ONNX graphs",
-                          hint="export it with --format safetensors")
+    kind = get_preset(p.codec.config.preset).code
+    try:
+        kind.check_export(config.format, config.run, p.codec.config.preset)  # before any file is written
+    except CodecError as e:
+        raise ExportError(str(e), hint=e.hint) from None
     head, tail = p.head, p.tail
     if config.reparam:
         head, tail = _reparameterized(run)
@@ -105,36 +104,16 @@ def export_run(config: ExportConfig) -> ExportResult:
     halves = (DeviceHalf(head, p.codec.encoder, meta, p.channel).eval(),
               EdgeHalf(p.codec.decoder, tail, meta, p.channel).eval())
     onnx = _export_onnx(config, run, halves, pair) if config.format in ("onnx", "all") else None
-    entropy = get_preset(p.codec.config.preset).entropy_coded  # one range-coded stream per image: sizes vary
-    frame_shape, per_condition = list(p.codec.config.code_shape), None
-    if p.codec.config.variable_length:  # the device sends (N, k) prefixes: beyond its table, k = K
-        frame_shape, per_condition = [p.codec.config.code_symbols], _prefix_frames(p.codec.encoder.lengths.entries(),
-                                                                                    p.channel)
+    sizes = halves[0].framing.frame_sizes() or dict.fromkeys(("payload_bytes", "header_bytes", "frame_bytes"))
     return ExportResult(
         device_path=str(paths["device"]) if paths else None, edge_path=str(paths["edge"]) if paths else None,
         device_bytes=paths["device"].stat().st_size if paths else None,
         edge_bytes=paths["edge"].stat().st_size if paths else None,
         device_params=sum(t.numel() for m in (head, p.codec.encoder) for t in m.parameters()),
         edge_params=sum(t.numel() for m in (p.codec.decoder, tail) for t in m.parameters()),
-        pair_id=pair, code_shape=list(p.codec.config.code_shape),
-        payload_bytes=None if entropy else payload_bytes(frame_shape, p.channel),
-        header_bytes=None if entropy else header_bytes(frame_shape),
-        frame_bytes=None if entropy else header_bytes(frame_shape) + payload_bytes(frame_shape, p.channel),
-        digital=bool(p.channel.digital), onnx=onnx, frames_per_condition=per_condition,
+        pair_id=pair, code_shape=list(p.codec.config.code_shape), **sizes,
+        digital=bool(p.channel.digital), onnx=onnx, frames_per_condition=halves[0].framing.frames_per_condition(),
     )
-
-
-def _prefix_frames(entries: list[tuple[float, int]], channel) -> list[dict[str, Any]]:
-    """Frame sizes of a variable-length code's (1, k) prefix frames, one per length-table entry: the
-    entry (param p, k) serves channel parameters above the previous entry's, up to p (codec.variable)."""
-    rows = []
-    for param, k in entries:
-        cond = channel.condition_from_param(param) if channel.condition_name else None
-        rows.append({"condition": {channel.condition_name: cond} if channel.condition_name else {}, "param": param,
-                     "label": channel.format_condition(cond) if channel.condition_name else "noiseless",
-                     "symbols_per_image": k, "payload_bytes": payload_bytes((k,), channel),
-                     "header_bytes": header_bytes((k,)), "frame_bytes": header_bytes((k,)) + payload_bytes((k,), channel)})
-    return rows
 
 
 def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf], pair: str) -> dict[str, Any]:
@@ -149,8 +128,8 @@ def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf],
     x2 = torch.randn(2, *dc["input_size"], generator=g)
     p2 = torch.zeros(2)
     out = Path(config.out)
-    lengths = run.pipeline.codec.encoder.lengths.entries() if run.pipeline.codec.config.variable_length else None
-    meta = {half: onnx_metadata(half, run.config, pair, lengths=lengths) for half in ("device", "edge")}
+    code = get_preset(run.config.codec.preset).code.onnx_metadata(run.pipeline.codec)
+    meta = {half: onnx_metadata(half, run.config, pair, code=code) for half in ("device", "edge")}
     # the exporter may leave modules in train mode: it gets copies, the halves stay as they are
     dev_path = write_onnx(out / DEVICE_ONNX, copy.deepcopy(device_graph(device.head, device.encoder)).eval(),
                           (x2, p2), "device", meta["device"])

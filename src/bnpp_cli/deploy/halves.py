@@ -1,13 +1,11 @@
 """The device and edge halves at run time: modules rebuilt from their own file (bundle.py).
 
-    device: x --head--> f --encoder(f, param)--> z --compress: link.transmit.encode_code--> frame
-    edge:   frame --receive: link.transmit.decode_code--> z --air: link.receiver.simulate--> z_hat
-            --decoder(z_hat, param)--> f_hat --tail--> logits
+    device: x --head--> f --encoder(f, param)--> z --framing.payload--> frame
+    edge:   frame --framing.receive--> z --framing.air--> z_hat --decoder(z_hat, param)--> f_hat --tail--> logits
 
-An entropy-coded code (preset entropy) sends its range-coded streams instead (codec.entropy, wire
-version 2): the device codes with the integer tables in its encoder, the edge decodes with the copy
-in its decoder. A variable-length code (preset variable, codec.variable) sends the prefix its
-encoder's length table gives for the condition, an (N, k) frame; the edge's decoder pads it back.
+What crosses the wire is the code's own framing (codec.framing), chosen by its preset and shared
+with the ONNX halves (deploy.onnx): an entropy code's range-coded streams, a variable-length code's
+prefix for the condition, or the whole code as the channel frames it.
 
 Rebuilding creates the timm architecture (random init, no download), traces and cuts it exactly as
 `bnpp fit` did (run.pipeline.build_pipeline), and loads the half's tensors strictly: the composed
@@ -25,26 +23,27 @@ import torch
 from torch import nn
 
 from ..codec.config import CodecConfig
-from ..codec.entropy import decode_entropy_frame, encode_entropy_frame, find_tables
-from ..codec.variable import air_prefix, pad_prefix, take_prefix
+from ..codec.presets import get_preset
 from ..errors import ExportError
 from ..link.channels import Channel
-from ..link.receiver import simulate
-from ..link.transmit import decode_code, encode_code
 from ..run.config import RunConfig
 from ..run.pipeline import SplitPipeline, build_pipeline, rebuild_backbone
 from .bundle import half_path, read_half
 
 
 class _Half(nn.Module):
-    def __init__(self, meta: dict[str, Any], channel: Channel):
+    """What both halves share: the metadata, the channel and the code's wire framing (codec.framing)."""
+
+    def __init__(self, meta: dict[str, Any], channel: Channel, framing_source: nn.Module):
         super().__init__()
         self.meta, self.channel = meta, channel
         self.pair_id: str = meta["pair_id"]
         self.codec_config = CodecConfig.from_dict(meta["codec"])
         self.code_shape = tuple(self.codec_config.code_shape)
         self.digital = bool(channel.digital)
-        self.bits = channel.bits if channel.digital else None
+        self.bits = channel.bits
+        self.framing = get_preset(self.codec_config.preset).code.framing(self.codec_config, channel, self.pair_id,
+                                                                         framing_source)
 
     def param_from_condition(self, value: float) -> float:
         """User units (PSNR dB or probability) -> the channel parameter the codec is conditioned on."""
@@ -55,7 +54,7 @@ class DeviceHalf(_Half):
     """Image batch -> channel symbols z (N, C', H', W') in [0, 1]; payload() gives the wire bytes."""
 
     def __init__(self, head: nn.Module, encoder: nn.Module, meta: dict[str, Any], channel: Channel):
-        super().__init__(meta, channel)
+        super().__init__(meta, channel, encoder)
         self.head, self.encoder = head, encoder
 
     def forward(self, x: torch.Tensor, param: float = 0.0) -> torch.Tensor:
@@ -65,16 +64,11 @@ class DeviceHalf(_Half):
         """One wire frame for a code batch: float32 symbols (analog), packed n-bit levels (digital),
         or one entropy-coded stream per image (preset entropy). A variable-length code sends the
         prefix for channel parameter ``param`` (None: the whole code, which its edge reads too)."""
-        if find_tables(self.encoder) is not None:
-            return encode_entropy_frame(z, self.encoder, self.pair_id)
-        if self.codec_config.variable_length and param is not None:
-            z = take_prefix(z, self.encoder.lengths.length(param))
-        return encode_code(z, self.channel, self.pair_id)
+        return self.framing.payload(z, param)
 
     def symbols(self, param: float) -> int:
         """Symbols per image sent at channel parameter ``param``."""
-        return self.encoder.lengths.length(param) if self.codec_config.variable_length else int(
-            torch.Size(self.code_shape).numel())
+        return self.framing.symbols(param)
 
     def compress(self, x: torch.Tensor, param: float = 0.0) -> bytes:
         """Images -> the wire frame of their codes."""
@@ -85,7 +79,7 @@ class EdgeHalf(_Half):
     """Received symbols z_hat -> logits; receive() checks and unpacks a wire frame."""
 
     def __init__(self, decoder: nn.Module, tail: nn.Module, meta: dict[str, Any], channel: Channel):
-        super().__init__(meta, channel)
+        super().__init__(meta, channel, decoder)
         self.decoder, self.tail = decoder, tail
         self.classes: list[str] | None = meta.get("classes")
 
@@ -97,21 +91,17 @@ class EdgeHalf(_Half):
         return self.tail(self.decoder(z_hat, param))
 
     def receive(self, buf: bytes) -> torch.Tensor:
-        """Wire frame -> symbols (N, C', H', W'); WireError for another export, kind or shape."""
-        if find_tables(self.decoder) is not None:
-            return decode_entropy_frame(buf, self.decoder, self.pair_id, self.code_shape)
-        return decode_code(buf, self.channel, self.pair_id, self.code_shape, prefix=self.codec_config.variable_length)
+        """Wire frame -> symbols (N, C', H', W') (a variable-length code's prefix: (N, k)); WireError
+        for another export, kind or shape."""
+        return self.framing.receive(buf)
 
     def pad(self, z_hat: torch.Tensor) -> torch.Tensor:
         """A received prefix (N, k) of a variable-length code -> the full code shape (zeros past k)."""
-        return pad_prefix(z_hat, self.code_shape) if self.codec_config.variable_length else z_hat
+        return self.framing.pad(z_hat)
 
     def air(self, z: torch.Tensor, param: float, seed: int = 0, first_index: int = 0) -> torch.Tensor:
-        """The simulated air interface at the receiver: image i with air_generator(seed, first_index + i)
-        (a variable-length code's prefix: the noise of the whole code's draw, codec.variable)."""
-        if self.codec_config.variable_length:
-            return air_prefix(self.channel, z, self.code_shape, param, seed, first_index)
-        return simulate(self.channel, z, param, seed, first_index)
+        """The simulated air interface at the receiver: image i with air_generator(seed, first_index + i)."""
+        return self.framing.air(z, param, seed, first_index)
 
     def decompress(self, buf: bytes, param: float = 0.0, seed: int = 0, first_index: int = 0) -> torch.Tensor:
         """Wire frame -> logits: receive, air interface, decoder, tail."""

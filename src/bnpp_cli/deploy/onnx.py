@@ -11,15 +11,16 @@ std sigma = 10^(-PSNR/20); digital channels: the bit probability p; 0 for a nois
 The batch axis is dynamic; the opset is OPSET. Each file's metadata props are the safetensors
 halves' metadata (bundle.half_metadata: format, half, pair_id, versions, run_config JSON) plus
 plain keys a device app reads without parsing the run config: opset, precision, input_size, mean,
-std, feature_shape, code_shape, classes, channel, channel_definition, condition, param, and for a
+std, feature_shape, code_shape, classes, channel, channel_definition, condition (the condition's
+name: snr_db, erasure, flip, or none), param, and for a
 variable-length code (preset variable) length_table: its table as JSON [[param, symbols], ...],
 params ascending; a parameter gets the entry of the smallest listed param >= it, the whole code
 beyond the last (codec.variable). ``OnnxDeviceHalf.payload(z, param)`` sends that (N, k) prefix, and
 ``OnnxEdgeHalf`` reads a prefix frame and pads it to the code shape edge.onnx takes, as the
 safetensors halves do.
 
-Quantisation to wire levels and the channel simulation stay outside the graphs, in the link code
-the PyTorch halves use (link.transmit, link.receiver): the bytes on the wire are the same whichever
+Quantisation to wire levels and the channel simulation stay outside the graphs, in the code's
+framing that the PyTorch halves use too (codec.framing): the bytes on the wire are the same whichever
 runtime computes z. ``OnnxDeviceHalf`` / ``OnnxEdgeHalf`` run the files with ONNX Runtime behind the
 same interface as halves.DeviceHalf / EdgeHalf, so predict runs either.
 """
@@ -39,11 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..codec.variable import LengthTable, air_prefix, pad_prefix, take_prefix
+from ..codec.kinds import read_length_table
+from ..codec.presets import get_preset
 from ..errors import CodecError, ExportError
 from ..files import atomic_write
-from ..link.receiver import simulate
-from ..link.transmit import decode_code, encode_code
 from ..run.config import RunConfig
 from .bundle import check_metadata, half_metadata
 
@@ -87,20 +87,20 @@ def edge_graph(decoder: nn.Module, tail: nn.Module) -> nn.Module:
 
 
 def onnx_metadata(half: str, config: RunConfig, pair: str, precision: str = "float32",
-                  lengths: list[tuple[float, int]] | None = None) -> dict[str, str]:
+                  code: dict[str, str] | None = None) -> dict[str, str]:
     """bundle.half_metadata plus the plain keys a device app needs (all strings, JSON for lists);
-    ``lengths``: a variable-length code's table entries [(param, symbols)] (LengthTable.entries)."""
+    ``code``: what the code's kind adds (codec.kinds ``onnx_metadata``: a variable-length code's
+    length_table)."""
     channel = config.channel.build()
     dc = config.data_config
-    table = {} if lengths is None else {"length_table": json.dumps([[float(p), int(k)] for p, k in lengths])}
     return {
-        **table,
+        **(code or {}),
         **half_metadata(half, config, pair), "opset": str(OPSET), "precision": precision,
         "input_size": json.dumps(dc["input_size"]), "mean": json.dumps(dc["mean"]), "std": json.dumps(dc["std"]),
         "feature_shape": json.dumps(list(config.feature_shape)), "code_shape": json.dumps(list(config.codec.code_shape)),
         "classes": json.dumps(config.classes or [str(i) for i in range(config.num_classes)]),
         "channel": config.channel.name, "channel_definition": channel.describe(),
-        "condition": channel.condition_flag or "none",
+        "condition": channel.condition_name or "none",
         "param": "the channel's native parameter (PSNR channels: sigma = 10^(-PSNR/20); digital: the bit "
                  "probability p; 0: noiseless), one per image",
     }
@@ -180,9 +180,13 @@ class _OnnxHalf:
         self.pair_id: str = self.meta["pair_id"]
         self.code_shape = tuple(self.config.codec.code_shape)
         self.digital = bool(self.channel.digital)
-        self.bits = self.channel.bits if self.digital else None
-        self.variable = bool(self.config.codec.variable_length)
-        self.lengths = _length_table(props, path, self.config.codec.code_symbols) if self.variable else None
+        self.bits = self.channel.bits
+        try:
+            lengths = read_length_table(props, self.config.codec.code_symbols)
+            self.framing = get_preset(self.config.codec.preset).code.framing(self.config.codec, self.channel,
+                                                                             self.pair_id, lengths=lengths)
+        except CodecError as e:
+            raise ExportError(f"'{path}': {e}") from None
         self._inputs = [i.name for i in self.session.get_inputs()]
         known = set(INPUTS[self.half])
         if not set(self._inputs) <= known:
@@ -208,15 +212,12 @@ class OnnxDeviceHalf(_OnnxHalf):
     half = "device"
 
     def payload(self, z: torch.Tensor, param: float | None = None) -> bytes:
-        """One wire frame for a code batch, as DeviceHalf.payload: a variable-length code sends the
-        prefix its length table (the file's length_table) gives for ``param`` (None: the whole code)."""
-        if self.variable and param is not None:
-            z = take_prefix(z, self.lengths.length(param))
-        return encode_code(z, self.channel, self.pair_id)
+        """One wire frame for a code batch, as DeviceHalf.payload (the same framing, codec.framing)."""
+        return self.framing.payload(z, param)
 
     def symbols(self, param: float) -> int:
         """Symbols per image sent at channel parameter ``param``."""
-        return self.lengths.length(param) if self.variable else int(torch.Size(self.code_shape).numel())
+        return self.framing.symbols(param)
 
     def compress(self, x: torch.Tensor, param: float = 0.0) -> bytes:
         return self.payload(self(x, param), param)
@@ -232,16 +233,14 @@ class OnnxEdgeHalf(_OnnxHalf):
         return self.config.classes or [str(i) for i in range(self.config.num_classes)]
 
     def receive(self, buf: bytes) -> torch.Tensor:
-        return decode_code(buf, self.channel, self.pair_id, self.code_shape, prefix=self.variable)
+        return self.framing.receive(buf)
 
     def air(self, z: torch.Tensor, param: float, seed: int = 0, first_index: int = 0) -> torch.Tensor:
-        if self.variable:  # a received prefix (N, k): the noise of the whole code's draw, as EdgeHalf.air
-            return air_prefix(self.channel, z, self.code_shape, param, seed, first_index)
-        return simulate(self.channel, z, param, seed, first_index)
+        return self.framing.air(z, param, seed, first_index)
 
     def pad(self, z_hat: torch.Tensor) -> torch.Tensor:
-        """A received prefix (N, k) of a variable-length code -> the code shape edge.onnx takes."""
-        return pad_prefix(z_hat, self.code_shape) if self.variable else z_hat
+        """What edge.onnx takes from what was received (a variable-length code's prefix padded to its shape)."""
+        return self.framing.pad(z_hat)
 
     def run(self, z_hat: torch.Tensor, param: float | torch.Tensor = 0.0) -> torch.Tensor:
         return super().run(self.pad(z_hat), param)
@@ -250,18 +249,6 @@ class OnnxEdgeHalf(_OnnxHalf):
 
     def decompress(self, buf: bytes, param: float = 0.0, seed: int = 0, first_index: int = 0) -> torch.Tensor:
         return self(self.air(self.receive(buf), param, seed, first_index), param)
-
-
-def _length_table(props: dict[str, str], path: Path, symbols: int) -> LengthTable:
-    """A variable-length code's table from the file's length_table (absent: uncalibrated, the whole code)."""
-    table = LengthTable(symbols)
-    if "length_table" in props:
-        try:
-            table.set([(float(p), int(k)) for p, k in json.loads(props["length_table"])])
-        except (ValueError, TypeError, CodecError) as e:
-            raise ExportError(f"'{path}' has an unreadable length_table {props['length_table'][:80]!r}: "
-                              f"{str(e).splitlines()[0][:160]}") from None
-    return table
 
 
 def load_onnx_pair(deploy_dir: str | Path, int8: bool = False) -> tuple[OnnxDeviceHalf, OnnxEdgeHalf]:

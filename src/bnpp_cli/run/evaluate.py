@@ -34,11 +34,8 @@ import torch
 from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset
 from ..errors import BnppError, ChannelError, DataError
-from ..codec.entropy import decode_entropy_frame, encode_entropy_frame, find_prior, find_tables
-from ..codec.variable import take_prefix
-from ..link import wire
+from ..codec.presets import get_preset
 from ..link.config import select_condition
-from ..link.transmit import decode_code, encode_code
 from .pipeline import Run, load_run
 from .rundir import RunDir
 
@@ -96,150 +93,99 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     """Evaluate a fitted run directory on test images at fixed channel conditions.
 
     Options, conditions and the test data are checked from the run's config.json before the model
-    is rebuilt: a bad value costs no model build."""
+    is rebuilt: a bad value costs no model build. The test set streams through in batches: memory is
+    bounded by the batch, not by the test set."""
     if config.draws < 1:
         raise ChannelError(f"--draws {config.draws} must be at least 1")
     if config.limit is not None and config.limit < 1:
         raise DataError(f"--limit {config.limit} must be at least 1 (images)")
-    if run is None:
-        run_dir = RunDir(config.run)
-        run_config = run_dir.read_config()
-        run_dir.check_complete()
-    else:
-        run_config = run.config
+    run_config = run.config if run is not None else _checked_run_config(config.run)
     channel = run_config.channel.build()
     requested = config.conditions
     if config.condition_flag is not None:
         requested = select_condition(channel, {config.condition_flag: requested}, "this run's")
     conditions = _conditions(channel, requested)
+    dataset = _test_set(config, run_config)
+    run = run or load_run(config.run)
+    device = torch.device(config.device)
+    pipeline = run.pipeline.eval().to(device)
+    params = [pipeline.channel.param_from_condition(c) for c in conditions]
+    tally = _Tally(pipeline, params, config.draws, config.seed, device)
+    meter = get_preset(run.codec_config.preset).code.meter(pipeline.codec, pipeline.channel, params)
+    source = run.source_model().to(device) if run.finetuned else None
+    dc = run_config.data_config
+    transform = BatchTransform(dc["mean"], dc["std"], augment=False)
+    with torch.no_grad():
+        for x, y in make_loader(dataset, config.batch_size, shuffle=False, seed=0):
+            x, y = transform(x).to(device), y.to(device)
+            f = pipeline.head(x)
+            tally.add(f, y, source(x) if source is not None else pipeline.tail(f))
+            meter.add(f)
+    return _result(run, pipeline.channel, conditions, tally, meter)
+
+
+def _checked_run_config(path: str):
+    run_dir = RunDir(path)
+    run_config = run_dir.read_config()
+    run_dir.check_complete()
+    return run_config
+
+
+def _test_set(config: EvalConfig, run_config):
     dc = run_config.data_config
     dataset = load_dataset(config.data, input_size=tuple(dc["input_size"][1:]), train=False, root=config.data_root)
     check_labels(dataset, run_config.num_classes)
     if config.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(config.limit, len(dataset))))
-    run = run or load_run(config.run)
-    pipeline = run.pipeline.eval()
-    channel = pipeline.channel
-    device = torch.device(config.device)
-    pipeline.to(device)
-    transform = BatchTransform(dc["mean"], dc["std"], augment=False)
+    return dataset
 
-    source = run.source_model().to(device) if run.finetuned else None
-    features, labels, backbone_hits = [], [], 0
-    with torch.no_grad():
-        for x, y in make_loader(dataset, config.batch_size, shuffle=False, seed=0):
-            x, y = transform(x).to(device), y.to(device)
-            f = pipeline.head(x)
-            features.append(f)
-            labels.append(y)
-            logits = source(x) if source is not None else pipeline.tail(f)
-            backbone_hits += int((logits.argmax(1) == y).sum())
-    y_all = torch.cat(labels)
 
-    def top1(param: float, generator: torch.Generator | None) -> float:
-        hits = 0
-        with torch.no_grad():
-            for f, y in zip(features, labels):
-                hits += int((pipeline.from_features(f, param, generator).argmax(1) == y).sum())
-        return hits / len(y_all)
+class _Tally:
+    """Correct answers of the uncut model, of the noiseless cut model and at each (condition, draw),
+    one test batch at a time. Draw d at every condition has its own generator, seeded
+    seed x 1000 + d, which the batches consume in order: the figures do not depend on the batching."""
 
+    def __init__(self, pipeline, params: list[float], draws: int, seed: int, device: torch.device):
+        self.pipeline, self.params = pipeline, params
+        self.generators = [[torch.Generator(device=device).manual_seed(seed * 1000 + d)
+                            for d in range(1 if p == 0 else draws)] for p in params]
+        self.hits = [[0] * len(g) for g in self.generators]
+        self.backbone = self.noiseless = self.n = 0
+
+    def add(self, f: torch.Tensor, y: torch.Tensor, backbone_logits: torch.Tensor) -> None:
+        correct = lambda logits: int((logits.argmax(1) == y).sum())  # noqa: E731
+        self.backbone += correct(backbone_logits)
+        self.noiseless += correct(self.pipeline.from_features(f, 0.0, None))
+        for i, param in enumerate(self.params):
+            for d, gen in enumerate(self.generators[i]):
+                self.hits[i][d] += correct(self.pipeline.from_features(f, param, gen))
+        self.n += len(y)
+
+    def top1(self, i: int) -> list[float]:
+        """Top-1 of each draw at the i-th condition."""
+        return [h / self.n for h in self.hits[i]]
+
+
+def _result(run: Run, channel, conditions: list[float], tally: _Tally, meter) -> EvalResult:
+    """The EvalResult of a finished tally and meter."""
     results = []
-    codec = run.codec_config
-    bits = channel.bits if channel.digital else None
-    for cond in conditions:
-        param = channel.param_from_condition(cond)
-        draws = 1 if param == 0 else config.draws
-        accs = [top1(param, torch.Generator(device=device).manual_seed(config.seed * 1000 + d)) for d in range(draws)]
-        symbols = pipeline.codec.symbols(param)
+    for i, cond in enumerate(conditions):
+        accs = tally.top1(i)
         results.append({"condition": {channel.condition_name: cond}, "label": channel.format_condition(cond),
-                        "top1_mean": statistics.fmean(accs),
-                        "top1_std": statistics.pstdev(accs) if draws > 1 else 0.0, "draws": draws, "top1": accs,
-                        "symbols_per_image": symbols, "payload_bits": 8 * ((symbols * bits + 7) // 8) if bits else None})
-    variable = codec.variable_length  # its frames' sizes follow the condition: the rows say them
-    if variable:
-        for row, cond in zip(results, conditions):
-            param = channel.param_from_condition(cond)
-            sizes = measure_prefix_frames(pipeline, features, param, row["symbols_per_image"])
-            row.update(sizes, payload_bits=8 * sizes["payload_bytes"] if bits else None)
-    digital = channel.digital and not variable
-    stream = measure_bitstream(pipeline, features) if digital or find_tables(pipeline.codec) else {}
-    table = None
-    if variable:
-        table = [{"condition": {channel.condition_name: channel.condition_from_param(p)} if channel.condition_name
-                  else {}, "symbols_per_image": k} for p, k in pipeline.codec.encoder.lengths.entries()]
-    code_symbols = int(torch.Size(codec.code_shape).numel())
+                        "top1_mean": statistics.fmean(accs), "top1_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                        "draws": len(accs), "top1": accs, **meter.row(tally.params[i])})
+    codec = run.codec_config
     return EvalResult(
         run=str(run.path), model=run.config.model, split=run.config.split, channel=channel.name,
         channel_definition=channel.describe(), condition_axis=channel.condition_axis,
-        train_condition=channel.format_train_condition(), train_range=[None if math.isinf(v) else float(v) for v in channel.train_condition],
-        feature_shape=list(codec.feature_shape),
-        code_shape=list(codec.code_shape), bandwidth_ratio=codec.bandwidth_ratio,
-        bit_ratio=codec.bit_ratio(bits) if bits else None, bits=bits, code_symbols=code_symbols,
-        payload_bytes=(code_symbols * bits + 7) // 8 if bits else None, images=len(y_all),
-        backbone_top1=backbone_hits / len(y_all), noiseless_top1=top1(0.0, None), results=results, **stream,
-        variable_length=variable, length_table=table,
+        train_condition=channel.format_train_condition(),
+        train_range=[None if math.isinf(v) else float(v) for v in channel.train_condition],
+        feature_shape=list(codec.feature_shape), code_shape=list(codec.code_shape),
+        bandwidth_ratio=codec.bandwidth_ratio, code_symbols=codec.code_symbols, images=tally.n,
+        backbone_top1=tally.backbone / tally.n, noiseless_top1=tally.noiseless / tally.n, results=results,
         symbols_per_image_mean=statistics.fmean(r["symbols_per_image"] for r in results) if results else None,
+        **{"bits": None, "bit_ratio": None, "payload_bytes": None, **meter.fields()},
     )
-
-
-MEASURE_PAIR_ID = "0" * 32  # the frame's size does not depend on the pair id
-
-
-@torch.no_grad()
-def measure_bitstream(pipeline, features: list[torch.Tensor]) -> dict[str, float | None]:
-    """Each image's code as its own wire frame (batch 1), decoded back: sizes, estimate and coder time.
-
-    The encoder runs batched (eval mode: the same code); coding and decoding run one image at a time."""
-    import time
-
-    codec, channel = pipeline.codec, pipeline.channel
-    prior = find_prior(codec)
-    payload = frame_bytes = estimate = enc_s = dec_s = 0.0
-    n = 0
-    for f in features:
-        z = codec.encoder(f, 0.0).cpu()
-        if prior is not None:
-            estimate += float(prior.bits().sum())
-        for i in range(z.shape[0]):
-            t0 = time.perf_counter()
-            if prior is not None:
-                buf = encode_entropy_frame(z[i:i + 1], codec.encoder, MEASURE_PAIR_ID)
-            else:
-                buf = encode_code(z[i:i + 1], channel, MEASURE_PAIR_ID)
-            t1 = time.perf_counter()
-            if prior is not None:
-                back = decode_entropy_frame(buf, codec.decoder, MEASURE_PAIR_ID, codec.config.code_shape)
-                payload += sum(len(s) for s in wire.decode_streams(buf)[1])
-            else:
-                back = decode_code(buf, channel, MEASURE_PAIR_ID, codec.config.code_shape)
-                payload += wire.decode(buf)[0].payload_bytes
-            dec_s += time.perf_counter() - t1
-            enc_s += t1 - t0
-            if prior is not None and not torch.equal(back, z[i:i + 1]):
-                raise BnppError(f"image {n}: the entropy code does not decode to what was coded")
-            frame_bytes += len(buf)
-            n += 1
-    return {"bits_per_image": 8 * payload / n, "bytes_per_image": payload / n, "frame_bytes_per_image": frame_bytes / n,
-            "estimated_bits_per_image": estimate / n if prior is not None else None,
-            "encode_ms_per_image": 1e3 * enc_s / n, "decode_ms_per_image": 1e3 * dec_s / n}
-
-
-@torch.no_grad()
-def measure_prefix_frames(pipeline, features: list[torch.Tensor], param: float, symbols: int) -> dict[str, float]:
-    """A variable-length code at channel parameter ``param``: each image's prefix of ``symbols`` as its
-    own wire frame (batch 1), read back; the means of the payload and frame bytes the frames hold."""
-    codec, channel = pipeline.codec, pipeline.channel
-    payload = frame_bytes = n = 0
-    for f in features:
-        z = take_prefix(codec.encoder(f, param), symbols).cpu()
-        for i in range(z.shape[0]):
-            buf = encode_code(z[i:i + 1], channel, MEASURE_PAIR_ID)
-            frame = wire.decode(buf)[0]
-            back = decode_code(buf, channel, MEASURE_PAIR_ID, codec.config.code_shape, prefix=True)
-            if tuple(back.shape) != (1, symbols):
-                raise BnppError(f"image {n}: a {symbols}-symbol prefix came back as {tuple(back.shape)}")
-            payload, frame_bytes, n = payload + frame.payload_bytes, frame_bytes + len(buf), n + 1
-    return {"payload_bytes": payload / n, "frame_bytes": frame_bytes / n}
 
 
 def _conditions(channel, requested: Sequence[float] | None) -> list[float]:

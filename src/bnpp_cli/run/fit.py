@@ -39,11 +39,9 @@ from . import distributed
 from .config import FitConfig, RunConfig
 from .features import FeatureCache, check_fit, for_fit
 from .checks import check_batches, check_data_paths, check_numbers, check_out, check_resumable, check_same_codec
-from .lengths import calibrate_lengths
 from .loop import Callback, EpochSpec, distill_points, make_optimizer, set_trainable, train_epoch, validate
 from .pipeline import SplitPipeline, build_pipeline
 from .rundir import RunDir
-from .tables import calibrate_tables
 
 
 def resolve_recipe(config: FitConfig) -> FitConfig:
@@ -73,42 +71,17 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     rank, world = distributed.rank_and_world()
     config = resolve_recipe(config)
     run_dir = RunDir(config.out)
-    check_out(run_dir, config)
-    check_numbers(config)
-    check_fit(config, world)
-    check_data_paths(config)  # before any model is built: a typo costs no minutes
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BnppError(f"--device {config.device}: CUDA is not available on this machine", hint="use --device cpu")
-    config.channel.build()  # validates the channel and its training condition
-    if get_preset(config.preset).entropy_coded and config.channel.name != "none":
-        raise BnppError(f"the {config.preset} preset codes over an error-free link, not --channel {config.channel.name} "
-                        f"(its channel code at capacity is computed by link.capacity)", hint="use --channel none")
-    if get_preset(config.preset).variable_length and not config.val_data and not config.val_fraction > 0:
-        raise BnppError(f"the {config.preset} preset chooses its code length per condition on validation images, "
-                        f"and --val-fraction {config.val_fraction:g} holds none out",
-                        hint="give --val-data, or a --val-fraction above 0 (default 0.1)")
+    check_fit_inputs(config, run_dir, world)
     torch.manual_seed(config.seed)  # a random-init backbone is reproducible too
     backbone = load_backbone(config.backbone)
     saved = run_dir.read_config() if config.resume else None
     if saved is not None:
         check_resumable(run_dir, saved, config)
         backbone.model.load_state_dict(run_dir.read_source_backbone(), strict=True)
-    input_size = backbone.input_size
-    traced = trace_model(backbone.model, input_size, config.backbone.model)
+    traced = trace_model(backbone.model, backbone.input_size, config.backbone.model)
     point = traced.find(config.split)
     layout = point.require_layout()  # nchw, nhwc, tokens or vector; LayoutError where the model does not settle it
-    train_set = load_dataset(config.data, input_size=tuple(input_size[1:]), train=True, root=config.data_root)
-    num_classes = backbone.num_classes
-    check_labels(train_set, num_classes)
-    if config.val_data:
-        val_set = load_dataset(config.val_data, input_size=tuple(input_size[1:]), train=False, root=config.data_root)
-        check_labels(val_set, num_classes)
-    else:
-        train_set, val_set = split_train_val(train_set, config.val_fraction, config.seed)
-    source = train_set  # the images before --limit (a feature cache holds a prefix of them)
-    if config.limit is not None:
-        train_set = torch.utils.data.Subset(train_set, range(min(config.limit, len(train_set))))
+    source, train_set, val_set = _fit_data(config, backbone)
     head, _ = split_model(traced, point)
     codec_cfg = plan_codec(point.shape, layout=layout, ratio=config.ratio if config.code_channels is None else None,
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
@@ -121,19 +94,50 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     run_config = RunConfig(
         model=config.backbone.model, create_kwargs=backbone.create_kwargs, source_weights=backbone.weights,
         data_config=backbone.data_config, split=point.name, feature_shape=list(point.shape),
-        codec=codec_cfg, channel=config.channel, classes=_classes_of(train_set), num_classes=num_classes,
+        codec=codec_cfg, channel=config.channel, classes=_classes_of(train_set), num_classes=backbone.num_classes,
         fit=config,
     )
     torch.manual_seed(config.seed)
     pipeline, _ = build_pipeline(backbone.model, run_config, traced)
-    pipeline = pipeline.to(device)
-    features = for_fit(config, run_config, backbone.model, pipeline, source, len(train_set), device)
+    pipeline = pipeline.to(torch.device(config.device))
+    features = for_fit(config, run_config, backbone.model, pipeline, source, len(train_set), torch.device(config.device))
     if features is not None:
         callback("features", dict(features.info))  # built or reused, rows, seconds
     trainer = _Trainer(config, run_config, run_dir, backbone.model, pipeline, train_set, val_set,
                        callback, rank, world, features)
     trainer.validation = _validation_source(config, val_set, backbone.weights)
     return trainer.run()
+
+
+def check_fit_inputs(config: FitConfig, run_dir: RunDir, world: int = 1) -> None:
+    """Every check that needs no model: options, paths, the device, the channel and the preset's
+    code over it (codec.kinds ``check_fit``). A typo costs no minutes."""
+    check_out(run_dir, config)
+    check_numbers(config)
+    check_fit(config, world)
+    check_data_paths(config)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BnppError(f"--device {config.device}: CUDA is not available on this machine", hint="use --device cpu")
+    config.channel.build()  # validates the channel and its training condition
+    holds_validation = bool(config.val_data) or config.val_fraction > 0
+    get_preset(config.preset).code.check_fit(config.preset, config.channel.name, holds_validation)
+
+
+def _fit_data(config: FitConfig, backbone):
+    """(the training images before --limit, the training images, the validation images)."""
+    input_size = backbone.input_size
+    train_set = load_dataset(config.data, input_size=tuple(input_size[1:]), train=True, root=config.data_root)
+    check_labels(train_set, backbone.num_classes)
+    if config.val_data:
+        val_set = load_dataset(config.val_data, input_size=tuple(input_size[1:]), train=False, root=config.data_root)
+        check_labels(val_set, backbone.num_classes)
+    else:
+        train_set, val_set = split_train_val(train_set, config.val_fraction, config.seed)
+    source = train_set  # the images before --limit (a feature cache holds a prefix of them)
+    if config.limit is not None:
+        train_set = torch.utils.data.Subset(train_set, range(min(config.limit, len(train_set))))
+    return source, train_set, val_set
 
 
 def _validation_source(config: FitConfig, val_set, weights: str) -> dict[str, Any]:
@@ -261,21 +265,48 @@ class _Trainer:
                 distributed.barrier(self.world)
                 if stop.requested and step + 1 < len(self.plan):  # Ctrl-C during validation: saved just now
                     self._stopped(ph, epoch, None)
-        seconds = time.perf_counter() - t0
         if self.rank == 0:
-            update_tables(self.pipeline.codec)  # an entropy code's integer tables, fixed from here on ...
-            tables = calibrate_tables(self.pipeline, self.features if self.features is not None else self.train_set,
-                                      self.eval_tf, self.device)  # ... from its own code on the training images
-            if tables:
-                self.validation["tables"] = tables
-            lengths = calibrate_lengths(self.pipeline, self.val_set, self.eval_tf, self.device)  # variable-length codes
-            if lengths:
-                self.validation["length_table"] = lengths
+            self.validation.update(self._after_fit())  # the code's own step: tables, a length table (codec.kinds)
+            seconds = time.perf_counter() - t0  # the whole fit, the step after training included
             self.dir.write_final(self.pipeline.codec.state_dict(),
                                  self.model.state_dict() if self.c.joint_epochs > 0 else None, seconds, self.epochs,
                                  self.validation)
+        else:
+            seconds = time.perf_counter() - t0
         return FitResult(str(self.dir), self.rc, self.epochs, seconds, self.validation,
                          self.features.info if self.features is not None else None)
+
+    def _after_fit(self) -> dict[str, Any]:
+        """The preset's step after training (codec.kinds ``after_fit``) over head features streamed
+        from the training images (or the feature cache) and the validation images, in eval mode."""
+        p = self.pipeline
+        kind = get_preset(self.rc.codec.preset).code
+        was_training = p.training
+        p.eval()
+        try:
+            with torch.no_grad():
+                return kind.after_fit(p.codec, p.channel, p.tail, lambda: self._train_features(kind.table_images),
+                                      self._val_batches, self.cb)
+        finally:
+            p.train(was_training)
+
+    def _train_features(self, limit: int):
+        """Head features of the first ``limit`` training images, batch by batch."""
+        if self.features is not None:
+            n = min(limit, len(self.features))
+            for start in range(0, n, 256):
+                yield self.features.batch(torch.arange(start, min(start + 256, n)), self.device)[0]
+            return
+        subset = torch.utils.data.Subset(self.train_set, range(min(limit, len(self.train_set))))
+        for x, _ in make_loader(subset, 256, shuffle=False, seed=0):
+            yield self.pipeline.head(self.eval_tf(x).to(self.device))
+
+    def _val_batches(self):
+        """(head features, labels) of the validation images, batch by batch."""
+        if self.val_set is None:
+            return
+        for x, y in make_loader(self.val_set, 256, shuffle=False, seed=0):
+            yield self.pipeline.head(self.eval_tf(x).to(self.device)), y.to(self.device)
 
     def _after_batch(self, position, stop: _StopRequest, phase: str, epoch: int, step: int,
                      optimizer, scheduler) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..codec.config import CodecConfig
 from ..codec.model import Codec, build_codec
-from ..codec.variable import check_channel
+from ..codec.presets import get_preset
 from ..errors import RunError
 from ..link.channels import Channel
 from ..split.backbone import create_timm_model
@@ -68,9 +68,9 @@ def build_pipeline(model: nn.Module, config: RunConfig,
     traced = traced or trace_model(model, tuple(config.data_config["input_size"]), config.model)
     point = traced.find(config.split)
     head, tail = split_model(traced, point)
-    if config.codec.variable_length:
-        check_channel(config.channel.build())
-    return SplitPipeline(head, build_codec(config.codec), config.channel.build(), tail), point
+    channel = config.channel.build()
+    get_preset(config.codec.preset).code.check_channel(channel)  # e.g. a prefix code over a per-code normalisation
+    return SplitPipeline(head, build_codec(config.codec), channel, tail), point
 
 
 def rebuild_backbone(config: RunConfig, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
