@@ -1,4 +1,4 @@
-"""The rate frontier's levers (issue 18): decoder residual blocks and tail-feature distillation."""
+"""The rate frontier's levers: decoder residual blocks and tail-feature distillation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 17: numbers and runs a user can trust. Each test here failed before its fix: text lost to
+"""Numbers and runs a user can trust. Each test here failed before its fix: text lost to
 Rich markup, tracebacks on unwritable outputs, 0600 files, NaN in answers, a plain HTTP request left
 waiting, misleading figures (validation source, training range, units, latency spread), options
 checked after a model was built, a wrong --num-classes hint, a reversed range taken silently."""

@@ -182,7 +182,7 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
     (auto): stride 2 with C' = round(C H W / (R H' W')) (= round(4 C / R) for even H, W) when C / R < 1
     (the paper's rule), or when the preset's own thin-code rule says so (``CodecPreset.halves_thin_code``:
     bnpp, C / R < 4 on maps >= 4 x 4, where the code keeps >= 2 x 2 positions and gets 4x the channels);
-    otherwise no reduction, C' = round(C / R). Measured on resnet18 / CIFAR-10 (README, issue 6): the
+    otherwise no reduction, C' = round(C / R). Measured on resnet18 / CIFAR-10 (benchmarks/rate_accuracy.py): the
     stride-2 code won at C / R = 1 and 2 and lost badly at C / R = 4 (layer1 16x). The 1-D codec of a
     token sequence halves T only by the paper's rule; a vector is never halved. P prefix tokens get
     k = round(D / R) symbols each (at least 1), or with a preset's ``prefix_share`` s (bnpp) at least

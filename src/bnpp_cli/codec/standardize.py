@@ -7,7 +7,7 @@ conv trained from zero with Adam, which moves a weight by about lr per step: a q
 there. So the encoder sees (f - mean) / std per channel and the decoder returns y * std + mean,
 with mean and std of each channel (patch grid positions and prefix tokens apart) measured on the
 first training batch the codec sees and kept as buffers of both halves (they travel in the run's
-codec weights and in each deploy half; benchmarks/README.md, issue 13, has the measurements).
+codec weights and in each deploy half; benchmarks/README.md, rate_accuracy_tokens.py, has the measurements).
 
     Standardize(c)    first layer of the encoder body: (N, c + extra, H, W) -> the first c channels
                       standardised, the extra ones (the condition plane) passed through
