@@ -54,8 +54,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"bnpp {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print bnpp's version and exit."),
+) -> None:
     """Device-edge co-inference with learned feature compression (BottleNet++) for any timm model."""
 
 
