@@ -28,9 +28,18 @@ _EXPORTS = {
     "RunConfig": "run.config", "FitConfig": "run.config", "RunDir": "run.rundir",
     "load_run": "run.pipeline", "SplitPipeline": "run.pipeline",
     "fit_codec": "run.fit", "EvalConfig": "run.evaluate", "evaluate_run": "run.evaluate",
+    "resolve_recipe": "run.fit", "fit_and_measure": "run.measure",
+    "SearchConfig": "run.search", "search_split_rate": "run.search", "plot_search": "run.search_plot",
+    "measure_images": "run.baselines", "validation_images": "run.baselines", "BatchTransform": "data.batching",
     "export_halves": "deploy.export", "load_device": "deploy.halves", "load_edge": "deploy.halves",
     "predict": "deploy.predict",
-    "BnppError": "errors",
+    "load_pair": "deploy.halves", "load_onnx_pair": "deploy.onnx",
+    "ServeConfig": "deploy.server", "run_server": "deploy.server", "Backend": "deploy.backend",
+    "BnppBackend": "deploy.backend", "EdgeClient": "deploy.client", "Request": "deploy.protocol",
+    "encode_request": "deploy.protocol",
+    "channel_uses": "link.capacity", "outage": "link.capacity", "rayleigh_outage": "link.capacity",
+    "expected_top1": "link.capacity",
+    "BnppError": "errors", "CodecError": "errors", "ServeError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
