@@ -7,7 +7,7 @@ One variant per invocation, through the public API (`fit_codec` with recipe over
 --hidden (width), --enc-blocks (residual blocks), --spatial (1: stride-2 code, 0: none, -1: the
 preset's rule), --sched cos|const, --T (distillation temperature), --distill (its weight), --lr,
 --batch, --joint-epochs (also fine-tune the backbone). Lines recorded before this script went
-through fit_codec (session 2's scratch trainer, commit 1cb8747) also hold variants the library does
+through fit_codec (a scratch trainer, commit 1cb8747) also hold variants the library does
 not offer (decoder residual blocks, a feature-MSE hint loss, an edge-half lr); they are kept as
 measured, and rows with "hidden": null and "hidden_resolved": 16 ran before the default width
 became max(64, 4 C').

@@ -1,4 +1,4 @@
-"""Moving the rate frontier (issue 18 item 2): recipe and architecture variants at one thin point.
+"""Moving the rate frontier: recipe and architecture variants at one thin point.
 
 Each variant is preset bnpp with some FitConfig fields changed, fitted at one split and ratio of the
 shared CIFAR-10 resnet18 (AWGN trained over PSNR >= 10 dB, as the grid), and measured on the

@@ -2,7 +2,7 @@
 
 The shared resnet18 was trained on all 50,000 official training images, so every image of train.npz
 (half of them) is one it has seen: its top-1 there is 94.32 % against 86.69 % on the test split, and
-a drop measured there runs 2.8-3.6 points above the same model's drop on new images (session 5). A
+a drop measured there runs 2.8-3.6 points above the same model's drop on new images (rate_frontier.py's train-holdout runs). A
 choice made on such images (which ratio is within 1 point) is biased. The only unseen images are the
 10,000 of test.npz, so the benchmarks that make choices split it once, by a seeded permutation:
 
@@ -51,7 +51,7 @@ VALIDATION_RULES = ("test-half", "train-holdout")
 def validation_images(rule: str, data: Path, out: Path, runs: Path, seed: int = 0) -> tuple[Path, Path, dict]:
     """(validation .npz, test .npz, description) for a benchmark's --validation rule: ``test-half``
     (the halves above with permutation seed 0 whatever the fits' seed, so that runs of several seeds
-    share them; kept under out/runs/heldout) or ``train-holdout`` (the session-5 rule: the images a fit
+    share them; kept under out/runs/heldout) or ``train-holdout`` (the earlier rule: the images a fit
     with --val-fraction 0.1 and this seed holds out of train.npz, written to runs/val.npz, with all of
     test.npz as the test images)."""
     if rule == "test-half":

@@ -24,64 +24,42 @@ first 2,000), 2 noise draws per condition. Writes JSON + CSV + PNG plots under b
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-
-def rel(path) -> str:
-    """A path relative to the repository when it lies inside it (results files stay portable)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
-
-
-def machine() -> dict:
-    return {"cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
-            "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-            else None}
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except Exception:
-        return "unknown"
+from bnpp_cli import (ChannelConfig, CodecError, FitConfig, RunDir, count_macs, create_channel, fit_and_measure,
+                      load_backbone, split_model, trace_model)
+from harness import Results, add_options, drop_stale, floats, image_batches, legend, pyplot, save_figure, shared_backbone
 
 
 # ---- baselines on cached head features --------------------------------------------------------
-def peak_awgn(f, sigma, gen):
-    """Raw feature as analog symbols: per-sample min-max to [0, 1], AWGN, undo the scaling."""
+def _minmax(f):
     lo = f.flatten(1).min(1).values.view(-1, *[1] * (f.dim() - 1))
     hi = f.flatten(1).max(1).values.view(-1, *[1] * (f.dim() - 1))
-    scale = (hi - lo).clamp_min(1e-12)
+    return lo, (hi - lo).clamp_min(1e-12)
+
+
+def peak_awgn(f, sigma, gen):
+    """Raw feature as analog symbols: per-sample min-max to [0, 1], AWGN, undo the scaling."""
+    lo, scale = _minmax(f)
     z = (f - lo) / scale
     z = z + sigma * torch.randn(z.shape, generator=gen)
     return z * scale + lo
 
 
+BEC8 = create_channel("bec", bits=8)  # q = round(255 z); an erased bit decodes as its expected value
+
+
 def quant8(f, p, gen):
     """Per-sample min-max 8-bit levels; bits erased with probability p decode to their expected value."""
-    from bnpp_cli.link.channels import BinaryErasureChannel, quantize
-
-    lo = f.flatten(1).min(1).values.view(-1, *[1] * (f.dim() - 1))
-    hi = f.flatten(1).max(1).values.view(-1, *[1] * (f.dim() - 1))
-    scale = (hi - lo).clamp_min(1e-12)
-    levels = quantize((f - lo) / scale, 8)
-    if p > 0:
-        levels, _ = BinaryErasureChannel(bits=8).erase_bits(levels, p, generator=gen)
-    return levels.float() / 255 * scale + lo
+    lo, scale = _minmax(f)
+    with torch.no_grad():
+        return BEC8((f - lo) / scale, p, generator=gen) * scale + lo
 
 
 def topk_sparse(f, k):
@@ -93,52 +71,6 @@ def topk_sparse(f, k):
     vals = torch.round(vals / peak * 127) / 127 * peak  # 8-bit signed values
     out = torch.zeros_like(flat).scatter_(1, idx, vals)
     return out.view_as(f)
-
-
-def encoder_macs(run) -> int:
-    """MACs of a fitted run's encoder for one image (it runs on the device, after the head)."""
-    from bnpp_cli.split.macs import count_macs
-
-    encoder = run.pipeline.codec.encoder.eval()
-
-    class OneInput(torch.nn.Module):
-        def forward(self, f):
-            return encoder(f, 0.0)
-
-    return count_macs(OneInput(), torch.zeros(1, *run.config.feature_shape))
-
-
-# fields a fit's saved config is compared on before it is reused; values for keys that older
-# bnpp versions did not write are what those versions did
-RECIPE_KEYS = ("split", "ratio", "code_channels", "spatial_reduction", "preset", "hidden_channels", "encoder_blocks",
-               "val_fraction", "limit", "codec_epochs", "joint_epochs", "lr", "joint_lr", "lr_schedule",
-               "batch_size", "distill", "distill_temperature", "augment", "seed")
-LEGACY = {"lr_schedule": "constant", "distill_temperature": 1.0, "encoder_blocks": None}
-
-
-def stale_reason(run_dir: Path, cfg, feature_shape) -> str | None:
-    """Why a finished fit in the runs folder is not what ``cfg`` would fit now (None: reusable).
-
-    Compared: the resolved recipe and the codec that plan_codec gives today, so a changed default
-    refits instead of silently reusing an old codec."""
-    from bnpp_cli.codec.config import plan_codec
-    from bnpp_cli.run.fit import resolve_recipe
-    from bnpp_cli.run.rundir import RunDir
-
-    saved = RunDir(run_dir).read_config()
-    fit, want = saved.fit.to_dict(), resolve_recipe(cfg).to_dict()
-    for key in RECIPE_KEYS:
-        have = fit.get(key, LEGACY.get(key))
-        if have != want[key]:
-            return f"{key} {have!r}, now {want[key]!r}"
-    if fit["channel"]["name"] != cfg.channel.name or fit["channel"]["train_condition"] != cfg.channel.train_condition:
-        return f"channel {fit['channel']}, now {cfg.channel}"
-    old = saved.codec
-    new = plan_codec(tuple(feature_shape), ratio=cfg.ratio, spatial_reduction=cfg.spatial_reduction,
-                     preset=cfg.preset, feature_nonnegative=old.output_activation == "relu",
-                     hidden_channels=cfg.hidden_channels, encoder_blocks=cfg.encoder_blocks)
-    diff = old.differences(new)
-    return "codec " + ", ".join(f"{k} {was!r} -> {now!r}" for k, (was, now) in diff.items()) if diff else None
 
 
 def accuracy(tail, feats, labels, fn):

@@ -1,4 +1,4 @@
-"""Rate frontier on real data (issue 18 item 1): the fewest symbols per image within 1 and 2 points.
+"""Rate frontier on real data: the fewest symbols per image within 1 and 2 points.
 
 For each split of the shared CIFAR-10 resnet18 (layer1-layer4), bnpp's default codec (preset bnpp)
 is fitted at bandwidth ratios from --ratios in ascending order (fewer symbols each time) with the
@@ -6,7 +6,7 @@ rate-accuracy grid's budget (the first 10,000 training images, 3 epochs, AWGN tr
 PSNR >= 10 dB). Every fit is measured on the VALIDATION images at PSNR 20 dB, 2 noise draws:
 by default (--validation test-half) 5,000 of the official test split the backbone has never seen
 (benchmarks/heldout.py), the other 5,000 being the test images; --validation train-holdout is the
-session-5 rule (the 2,500 images the fit holds out of train.npz, which the backbone was trained on:
+earlier rule (the 2,500 images the fit holds out of train.npz, which the backbone was trained on:
 its drops there run 2.8-3.6 points above test drops) with all 10,000 test images. A split stops at
 the first ratio whose validation drop exceeds the largest level (the drop grows as symbols shrink).
 Per split and drop level (1 and 2 points), the point is the fewest symbols whose validation drop is

@@ -1,4 +1,4 @@
-"""Digital rate frontier on real data (issue 18 item 1): the fewest MEASURED bits per image within 1 and 2 points.
+"""Digital rate frontier on real data: the fewest MEASURED bits per image within 1 and 2 points.
 
 The digital half of benchmarks/rate_frontier.py (same structure, same JSON shape). For each split of
 the shared CIFAR-10 resnet18 (layer1-layer4) the entropy-coded codec (preset entropy: an integer code
@@ -17,7 +17,7 @@ at the first lmbda whose validation drop exceeds the largest level.
 Ratios: every split is swept at --ratios' first ratio (16). Each further ratio (64, then 256: a smaller
 latent, fewer integers and fewer 32-bit coder words per stream) is swept only at splits where the
 ratio before it has a fit within the smallest level (1 point): elsewhere a smaller latent is not
-expected to do better (the layer2 entropy codes of issue 14 lost more at 64x than at 16x on test). A
+expected to do better (the layer2 entropy codes of entropy_sweep.py lost more at 64x than at 16x on test). A
 fallback ratio (8: a bigger latent) is swept only where no fit of the first ratio is within the
 largest level (2 points), to find a point within it at all. lmbda runs up to 10 by default: at this
 budget (468 optimizer steps) rate weights up to 0.1 barely move the code (the rate follows the

@@ -11,7 +11,7 @@ the recommendation with the full benchmark grid (benchmarks/README.md: the earli
     python benchmarks/search_resnet18.py --name X ...    # another results name (and search directory)
     python benchmarks/search_resnet18.py --no-augment --name search_resnet18_cached \
         --compare benchmarks/results/search_resnet18.json   # fits from the feature cache, drops side by side
-    python benchmarks/search_resnet18.py --augment        # session 4's search (commit 12b7df8 augmented)
+    python benchmarks/search_resnet18.py --augment        # the search of results/search_resnet18.json (commit 12b7df8, augmented)
 
 The candidates' runs go to runs/search_resnet18 (not committed); a second invocation reuses them.
 """

@@ -1,4 +1,4 @@
-"""Variable-length code vs fixed-length codes on real data (issue 18 item 3).
+"""Variable-length code vs fixed-length codes on real data.
 
 On the shared CIFAR-10 resnet18 at one split (default layer3, 256 x 2 x 2), the same training images
 and epochs for every model:
@@ -15,7 +15,7 @@ and epochs for every model:
 
 Validation (--validation): test-half (default) = 5,000 images of the official test split the
 backbone has never seen (benchmarks/heldout.py), given to every fit as FitConfig(val_data=...), the
-other 5,000 being the test images; train-holdout = the session-5 rule (the 2,500 images each fit
+other 5,000 being the test images; train-holdout = the earlier rule (the 2,500 images each fit
 holds out of train.npz, which the backbone was trained on) with all 10,000 test images.
 
 Each model is evaluated on the test images at the conditions (default 5, 10, 15, 20, 25 dB; a
