@@ -149,7 +149,7 @@ def render_eval(r) -> None:
     t.add_column("std", justify="right")
     t.add_column("draws", justify="right")
     t.add_column("drop vs backbone", justify="right")
-    vl = ["", ""] if r.variable_length else []  # a variable-length code: the symbols sent at each condition
+    vl = ["", ""] if r.length_table is not None else []  # a length table: the symbols sent follow the condition
     if vl:  # and the batch-1 frame they make, measured
         t.add_column("symbols/image", justify="right")
         t.add_column("frame bytes", justify="right")

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from ..errors import CodecError
 from ..link.channels import Channel
 from .config import CodecConfig
+from .entropy import find_prior
 from .framing import Framing
 from .layers import Param, condition_plane
 from .presets import get_preset
@@ -149,6 +150,22 @@ class Codec(nn.Module):
         n, total = z_hat.shape[0], self.config.code_symbols
         lengths = sample_lengths(n, total, z_hat.device) if self.training else self.encoder.lengths.lookup(param, n)
         return prefix_mask(z_hat, lengths)
+
+    def rate_loss(self, lmbda: float) -> Tensor | float:
+        """The code's rate term of the training loss (an entropy code: codec.entropy); 0 for the others."""
+        prior = find_prior(self.encoder)
+        return prior.rate_loss(lmbda) if prior is not None else 0.0
+
+    def estimated_bits(self) -> float:
+        """-log2 of the last forward's code under the prior, summed over its images; 0 without a prior."""
+        prior = find_prior(self.encoder)
+        return float(prior.bits().sum()) if prior is not None else 0.0
+
+    def rate_record(self, bits_per_image: float) -> dict[str, float]:
+        """What validation reports of the rate: an entropy code's estimate in bits per image (-log2 under
+        integer tables from the density as it is at this epoch, not the histogram tables the finished run
+        ships); nothing for the others."""
+        return {"val_bits_estimate": bits_per_image} if find_prior(self.encoder) is not None else {}
 
     def symbols(self, param: float) -> int:
         """Symbols sent per image at channel parameter ``param`` (the whole code unless variable-length)."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..codec.entropy import find_prior, update_tables
+from ..codec.entropy import update_tables
 from ..data.batching import BatchTransform, make_loader
 from ..errors import RunError
 from .features import FeatureCache
@@ -188,7 +188,6 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
     joint_teacher = fd and teacher is not None and spec.phase == "joint"
     teacher_probes = ([_Probe(teacher.get_submodule(q)) for q in spec.distill_at]  # type: ignore[union-attr]
                       if joint_teacher else probes)
-    prior = find_prior(pipeline.codec)  # an entropy code: its rate joins the loss
     total, correct, loss_sum, seen, start, before_s = len(loader), 0, 0.0, 0, 0, 0.0
     if resume is not None:
         gen.set_state(resume["gen"])
@@ -238,8 +237,7 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
                 if taught is not None:
                     fdl = sum(feature_distillation_loss(q.take(), t) for q, t in zip(probes, taught)) / len(probes)
                     loss = loss + spec.distill_features * fdl
-                if prior is not None:
-                    loss = loss + prior.rate_loss(spec.lmbda)
+                loss = loss + pipeline.codec.rate_loss(spec.lmbda)  # an entropy code's rate (0 for the others)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -274,13 +272,13 @@ def validate(pipeline: nn.Module, val_set, transform: BatchTransform, device: to
     worst = float(channel.param_range[1])
     gen = torch.Generator(device=device).manual_seed(12345)
     hits = {"val_top1_noiseless": 0, "val_top1_worst": 0}
-    n, prior, bits = 0, find_prior(pipeline.codec), 0.0
+    n, bits = 0, 0.0
     update_tables(pipeline.codec)  # an entropy code's estimate: its integer tables from the density as it is now
     for x, y in make_loader(val_set, 256, shuffle=False, seed=0):
         x, y = transform(x).to(device), y.to(device)
         f = pipeline.head(x)
         hits["val_top1_noiseless"] += int((pipeline.from_features(f, 0.0).argmax(1) == y).sum())
-        bits += float(prior.bits().sum()) if prior is not None else 0.0
+        bits += pipeline.codec.estimated_bits()  # of the noiseless forward just run
         hits["val_top1_worst"] += int((pipeline.from_features(f, worst, gen).argmax(1) == y).sum())
         n += y.shape[0]
     pipeline.codec.train()
@@ -288,8 +286,5 @@ def validate(pipeline: nn.Module, val_set, transform: BatchTransform, device: to
     out["val_worst_condition"] = channel.condition_from_param(worst) if worst else None
     out["val_worst_label"] = channel.format_condition(out["val_worst_condition"]) if worst else None  # with its unit
     out["val_images"] = n
-    if prior is not None:
-        # -log2 under integer tables from the density as it is at this epoch (not the histogram tables the
-        # finished run ships: metrics.json validation.tables); eval measures the real streams
-        out["val_bits_estimate"] = bits / n
+    out.update(pipeline.codec.rate_record(bits / n))  # an entropy code's estimate; eval measures the real streams
     return out
