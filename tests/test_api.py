@@ -27,3 +27,32 @@ def test_version_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"bnpp {bnpp_cli.__version__}"
+
+
+def _attributes(doc: str) -> str:
+    assert "Attributes:" in doc
+    return doc.split("Attributes:", 1)[1]
+
+
+def test_every_exported_dataclass_documents_every_field():
+    import bnpp_cli.deploy.client as client
+    import bnpp_cli.deploy.export as export
+    import bnpp_cli.deploy.predict as predict
+    import bnpp_cli.run.evaluate as evaluate
+    import bnpp_cli.split.profile as profile
+
+    classes = [getattr(bnpp_cli, n) for n in bnpp_cli.__all__ if dataclasses.is_dataclass(getattr(bnpp_cli, n))]
+    classes += [profile.PointProfile, profile.ModelProfile, predict.Prediction, predict.PredictResult,
+                client.Answer, client.RemotePrediction, evaluate.EvalResult, export.ExportConfig,
+                export.ExportResult]
+    missing = {}
+    for cls in classes:
+        doc = cls.__dict__.get("__doc__") or ""
+        if doc.startswith(cls.__name__ + "("):  # dataclass's generated signature, not a docstring
+            doc = ""
+        documented = _attributes(doc) if "Attributes:" in doc else ""
+        lacking = [f.name for f in dataclasses.fields(cls) if f"{f.name}:" not in documented]
+        if lacking:
+            missing[cls.__name__] = lacking
+    assert not missing, missing
+    assert {"FitConfig", "RunConfig", "ChannelConfig", "BackboneConfig"} <= {c.__name__ for c in classes}

@@ -32,7 +32,27 @@ def _code_hw(h: int, w: int, spatial: bool) -> tuple[int, int]:
 
 @dataclass
 class CodecConfig:
-    """Architecture of one codec, plain typed fields (serialisable with ``to_dict``)."""
+    """Architecture of one codec, plain typed fields (serialisable with ``to_dict``); `plan_codec` fills it.
+
+    Attributes:
+        preset: a registered preset (codec.presets: bnpp, bottlenetpp, entropy, variable).
+        in_channels: C, channels of the feature f.
+        feature_hw: (H, W) of the feature f.
+        code_channels: C', channels of the code z.
+        spatial_reduction: stride-2 encoder / x2 decoder, H' = ceil(H/2); default False.
+        hidden_channels: inner width of presets that have one; default None: the preset's default.
+        output_activation: "relu" for a non-negative (post-ReLU) feature, else "none"; default "relu".
+        decoder_condition: feed the channel parameter to the decoder too; default False.
+        encoder_blocks: residual blocks in the encoder; default 0 (plan_codec: the preset's default).
+        decoder_blocks: residual blocks in the decoder at the inner width (edge side; device MACs
+            unchanged); default 0.
+        layout: how f is laid out (FeatureLayout); default nchw, as runs before layouts.
+        prefix_code_channels: k, code symbols per prefix token (tokens layouts with prefix tokens
+            only); default 0.
+        standardize: per-channel (f - mean) / std around the codec, measured in training
+            (codec.standardize); default False.
+    """
+
 
     preset: str  # a registered preset (codec.presets)
     in_channels: int  # C, channels of the feature f

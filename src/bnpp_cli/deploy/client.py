@@ -22,7 +22,16 @@ from .protocol import ANSWER_LENGTH, MAX_ANSWER, Request, encode_request
 # ---- the device side ---------------------------------------------------------------------------
 @dataclass
 class Answer:
-    """One answer from the server, with what the client measured."""
+    """One answer from the server, with what the client measured.
+
+    Attributes:
+        predictions: per image of the request, (class name, probability) pairs, best first.
+        batch: how many requests the server batched this one with (itself included).
+        queue_ms: time the request waited in the server's queue, ms.
+        edge_ms: the server's edge time for it (receive, channel, decoder + tail), ms.
+        rtt_ms: the round trip the client measured, send to answer, ms.
+        bytes_sent: what the client sent, bytes (request header, token and wire frame).
+    """
 
     predictions: list[list[tuple[str, float]]]
     batch: int
@@ -119,11 +128,24 @@ class EdgeClient:
 
 @dataclass
 class RemotePrediction:
+    """One image's answer from `infer_images` (device here, edge on a server).
+
+    Attributes:
+        image: the image's path.
+        top: (class name, probability) pairs, best first.
+        request_bytes: what was sent, bytes: the request header (+ token) + the wire frame.
+        frame_bytes: the wire frame, bytes: payload + wire header (predict's frame_bytes).
+        payload_bytes: the code itself, bytes (predict's payload_bytes).
+        device_ms: the device half's time for this image, ms.
+        network_ms: the round trip minus the server's queue and edge time, ms.
+        edge_ms: the server's edge time, ms.
+    """
+
     image: str
-    top: list[tuple[str, float]]  # (class, probability), best first
-    request_bytes: int  # what was sent: request header (+ token) + the wire frame
-    frame_bytes: int  # the wire frame: payload + wire header (predict's frame_bytes)
-    payload_bytes: int  # the code itself (predict's payload_bytes)
+    top: list[tuple[str, float]]
+    request_bytes: int
+    frame_bytes: int
+    payload_bytes: int
     device_ms: float
     network_ms: float
     edge_ms: float

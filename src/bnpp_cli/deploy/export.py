@@ -32,6 +32,18 @@ CHECK_IMAGES = 32  # random images for the ONNX check when no calibration data i
 
 @dataclass
 class ExportConfig:
+    """What `export_halves` writes: a fitted run's device and edge halves.
+
+    Attributes:
+        run: the run directory made by `fit_codec`.
+        out: the directory to write the halves to.
+        format: one of FORMATS (safetensors, onnx, all); default "safetensors".
+        calib_data: images for the int8 device half (and the ONNX check); default None: no int8.
+        calib_images: how many of them; default 256: enough for stable MinMax ranges, seconds on a CPU.
+        reparam: fuse re-parameterisable branches first (ONNX only); default False.
+        seed: seed of the check inputs; default 0.
+    """
+
     run: str
     out: str
     format: str = "safetensors"  # one of FORMATS
@@ -52,6 +64,28 @@ class ExportConfig:
 
 @dataclass
 class ExportResult:
+    """`export_halves`' result: what was written, and the bytes a frame takes.
+
+    Attributes:
+        device_path: the device half (.safetensors); None when only ONNX was asked for.
+        edge_path: the edge half (.safetensors); None when only ONNX was asked for.
+        device_bytes: the device half's file size, bytes; None without safetensors.
+        edge_bytes: the edge half's file size, bytes; None without safetensors.
+        device_params: parameters of the device half.
+        edge_params: parameters of the edge half.
+        pair_id: the id both halves carry, checked when they meet.
+        code_shape: the code z, without the batch axis.
+        payload_bytes: code bytes per image as the wire format sends them (header excluded); None
+            for an entropy code, whose sizes vary per image.
+        header_bytes: the wire frame's header, bytes; None for an entropy code.
+        frame_bytes: payload + header, bytes; None for an entropy code.
+        digital: the code is sent as bits (a digital channel).
+        onnx: paths, sizes, opset, the ONNX Runtime check and int8; None without ONNX.
+        frames_per_condition: a variable-length code: per entry of its length table {condition,
+            param, label, symbols_per_image, payload_bytes, header_bytes, frame_bytes}; the sizes
+            above are then its longest frame's; else None.
+    """
+
     device_path: str | None  # safetensors halves (None when only ONNX was asked for)
     edge_path: str | None
     device_bytes: int | None

@@ -42,12 +42,27 @@ RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")  # -int8: device.int8.on
 
 @dataclass
 class Prediction:
+    """One image's answer through the exported pair.
+
+    Attributes:
+        image: str; the image: its path, or "<image i>" for the i-th PIL image or tensor row given.
+        top: list[tuple[str, float]]; (class name, softmax probability), best first; top_k of them.
+        payload_bytes: int; this image's code bytes on the wire (wire header excluded); an
+            entropy code's vary per image.
+        frame_bytes: int; its wire frame, payload_bytes + the wire header (link.wire): what a
+            device hands `bnpp infer`'s request.
+        device_ms: float; its batch's device time (head + encoder + framing), in milliseconds,
+            divided by the batch size; the warm-up pass excluded.
+        edge_ms: float; its batch's edge time (receive, simulated air interface, decoder + tail),
+            in milliseconds, divided by the batch size.
+    """
+
     image: str
-    top: list[tuple[str, float]]  # (class, probability), best first
-    payload_bytes: int  # this image's code bytes (wire header excluded)
-    frame_bytes: int  # its wire frame: payload_bytes + the wire header
-    device_ms: float  # its batch's device time / batch size (warm-up excluded)
-    edge_ms: float  # its batch's edge time (receive, air, decoder + tail) / batch size
+    top: list[tuple[str, float]]
+    payload_bytes: int
+    frame_bytes: int
+    device_ms: float
+    edge_ms: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,13 +70,29 @@ class Prediction:
 
 @dataclass
 class PredictResult:
+    """What :func:`predict` returns: the answers, the bytes on the wire and the time per side.
+
+    Attributes:
+        predictions: list[Prediction]; one per image, in the order given (a folder's or a glob's
+            files sorted by name).
+        runtime: str; the runtime that ran the halves (PredictConfig.runtime).
+        batch_size: int; images per device / edge pass (PredictConfig.batch_size).
+        payload_bytes: int; code bytes per image, as in each Prediction (their mean, rounded, for an
+            entropy code, whose sizes vary).
+        wire_header_bytes: int; the wire header's bytes per frame (their mean where sizes vary).
+        frame_bytes: int; payload_bytes + wire_header_bytes: one image's frame.
+        latency_ms: dict[str, dict[str, float]]; {"device": ..., "edge": ...}, each {"median",
+            "min", "max"} over the batches of the per-image time (batch time / batch size), in
+            milliseconds; the warm-up pass excluded.
+    """
+
     predictions: list[Prediction]
     runtime: str
     batch_size: int
-    payload_bytes: int  # per image, as in each Prediction (their mean for an entropy code, whose sizes vary)
+    payload_bytes: int
     wire_header_bytes: int
     frame_bytes: int
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # device/edge: median, min, max per image
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

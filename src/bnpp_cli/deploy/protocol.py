@@ -64,7 +64,16 @@ ReadExactly = Callable[[int], Awaitable[bytes]]
 
 @dataclass(frozen=True)
 class Request:
-    """The request header fields (the token is checked and dropped by the server)."""
+    """The request header fields (the token is checked and dropped by the server).
+
+    Attributes:
+        topk: classes to answer per image; default 5.
+        condition: the link condition in the channel's units (dB PSNR, or a bit probability);
+            default None (NaN on the wire): noiseless.
+        seed: seed of the server's channel noise; default 0.
+        first_index: index of the frame's first image, for the answer's order; default 0.
+        close: close the connection after answering; default False (keep-alive).
+    """
 
     topk: int = 5
     condition: float | None = None  # None (NaN on the wire) = noiseless

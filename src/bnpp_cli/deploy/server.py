@@ -47,6 +47,23 @@ class _HttpRequest(Exception):
 # ---- the server --------------------------------------------------------------------------------
 @dataclass
 class ServeConfig:
+    """How `serve` runs the edge half: address, authentication, batching and limits.
+
+    Attributes:
+        deploy_dir: the directory made by `export_halves`; default "deploy".
+        host: address to listen on; default "127.0.0.1": opening the edge to a network is an
+            explicit choice.
+        port: TCP port; default 8470.
+        token: shared secret between devices and the edge; default None: no authentication.
+        max_images: images per request; default 32, which bounds a frame at 32 codes.
+        max_batch: images per decoder + tail call; default 32.
+        batch_window_ms: how long the oldest waiting request may wait for company, ms; default 2.0.
+        read_timeout_s: a request must arrive whole within this many seconds of its first byte;
+            default 10.0.
+        idle_timeout_s: keep-alive connections idle longer than this are closed, s; default 300.0.
+        max_connections: beyond this many, new connections are closed at once; default 1024.
+    """
+
     deploy_dir: str = "deploy"
     host: str = "127.0.0.1"  # loopback: opening the edge to a network is an explicit choice
     port: int = 8470

@@ -17,9 +17,20 @@ from .channels import CHANNELS, Channel, create_channel
 
 @dataclass
 class ChannelConfig:
-    name: str = "awgn"  # a registered channel (link.channels.CHANNELS)
-    train_condition: float | list[float] | None = None  # user units: S (S to best) or [A, B]; None: default
-    bits: int = 8  # digital channels only: bits per symbol (8: BottleNet++'s quantiser)
+    """The simulated channel a codec trains under, stored in a run and its deploy halves.
+
+    Attributes:
+        name: a registered channel (link.channels.CHANNELS: none, awgn, awgn-power, rayleigh, bec,
+            bsc); default "awgn", BottleNet++'s analog channel.
+        train_condition: the training condition in the channel's units (dB PSNR for analog
+            channels, a bit probability for digital ones): S (from S to the best condition) or
+            [A, B]; default None: the channel's default (20 dB, or p < 0.01).
+        bits: digital channels only: bits per symbol; default 8, BottleNet++'s quantiser.
+    """
+
+    name: str = "awgn"
+    train_condition: float | list[float] | None = None
+    bits: int = 8
 
     def build(self) -> Channel:
         cond = tuple(self.train_condition) if isinstance(self.train_condition, list) else self.train_condition

@@ -42,6 +42,23 @@ from .rundir import RunDir
 
 @dataclass
 class EvalConfig:
+    """What `evaluate_run` measures: a fitted run's top-1 over channel conditions on test images.
+
+    Attributes:
+        run: the run directory made by `fit_codec`.
+        data: the test images (.npz, ImageFolder directory or dataset name).
+        conditions: the conditions to evaluate, dB PSNR for analog channels, probabilities for
+            digital ones; default None: the channel's default conditions.
+        condition_flag: the command-line flag that gave them, checked against the channel; default
+            None (given from Python: no check of the flag).
+        draws: independent noise draws per condition; default 5 (a mean and a spread).
+        batch_size: images per forward pass; default 256.
+        limit: only the first N test images; default None (all).
+        data_root: where torchvision datasets live; default None.
+        device: torch device, "cpu" or "cuda"; default "cpu".
+        seed: seed of the noise draws; default 0.
+    """
+
     run: str
     data: str
     conditions: Sequence[float] | None = None  # dB for analog channels, probabilities for digital ones
@@ -56,6 +73,39 @@ class EvalConfig:
 
 @dataclass
 class EvalResult:
+    """`evaluate_run`'s result: top-1 per condition and the compression actually achieved.
+
+    Attributes:
+        run: the run directory.
+        model: the timm model name.
+        split: the split point's name.
+        channel: the channel's name.
+        channel_definition: the channel in words (its formula).
+        condition_axis: what the conditions are, with their unit.
+        train_condition: the range the codec was trained for, in words.
+        train_range: the same range in the condition's units, [low, high]; None: noiseless.
+        feature_shape: the feature at the split, without the batch axis.
+        code_shape: the code z, without the batch axis.
+        bandwidth_ratio: feature elements / code symbols.
+        bit_ratio: float32 feature bits / code bits (digital codes), else None.
+        bits: bits per symbol on digital channels, else None.
+        code_symbols: real channel symbols per image.
+        payload_bytes: digital: packed bits per image (the wire payload), else None.
+        images: test images evaluated.
+        backbone_top1: the uncut model's top-1, in [0, 1].
+        noiseless_top1: the pipeline's top-1 over a noiseless link, in [0, 1].
+        results: one dict per condition: condition, top1_mean, its spread and the draws.
+        bits_per_image: digital codes: 8 x the measured payload bytes, mean, batch 1.
+        bytes_per_image: the same in bytes (the coded streams / packed levels).
+        frame_bytes_per_image: the whole batch-1 frame, header included, bytes.
+        estimated_bits_per_image: entropy code: -log2 of its integer tables (an ideal coder), mean.
+        encode_ms_per_image: coder time on the device side (quantised code -> frame), ms.
+        decode_ms_per_image: coder time on the edge side (frame -> code), ms.
+        variable_length: the symbols sent follow the condition (codec.variable); default False.
+        symbols_per_image_mean: mean over the conditions evaluated of the symbols sent.
+        length_table: variable-length code: [{condition, symbols_per_image}], else None.
+    """
+
     run: str
     model: str
     split: str

@@ -53,6 +53,39 @@ Callback = Callable[[str, dict[str, Any]], None]
 
 @dataclass
 class SearchConfig:
+    """What `search` explores: split points x rates, fitted in rounds that keep the best candidates.
+
+    Attributes:
+        backbone: the model to search; required.
+        data: training images; the validation ones are held out of them unless ``val_data``.
+        out: the search directory.
+        channel: the channel, trained for its condition and measured at the worst; default awgn.
+        splits: split points to try; default None: ``auto_splits`` points spread over device MACs.
+        auto_splits: how many points to pick; default 4: enough to see the trade-off, few enough
+            to fit in minutes.
+        rates: bandwidth ratios to try; default [16, 64, 256] (BottleNet++'s range).
+        bits_per_image: the rates are bits per image (digital channels), not ratios; default False.
+        max_drop: tolerated top-1 drop in points on the validation images; default 1.0.
+        budget: the deployment for the end-to-end latency (its ratio is not used); default Budget().
+        val_data: held-out images; default None: ``val_fraction`` of ``data``, as fit does.
+        val_fraction: share held out; default 0.1, fit's, so a candidate's validation is the search's.
+        data_root: where torchvision datasets live; default None.
+        first_images: round 0 fits every candidate on this many images; default 2000.
+        first_epochs: for this many epochs; default 1: ranks them in seconds each.
+        eta: each round keeps ~1/eta of the candidates and gives them eta x the budget; default 3.
+        rounds: rounds of fitting; default 3 (round 2 at eta^2 = 9x round 0's budget).
+        preset: the codec preset; default "bnpp".
+        batch_size: mini-batch size; default None: the preset's recipe.
+        augment: random crop + flip; default False: the short fits lost nothing measurable
+            without it, and it lets a split's candidates share the frozen head's features.
+        feature_cache: default None: on when augment is off (DIR/features, shared by a split's
+            candidates).
+        draws: noise draws per measurement; default 2 (the drop's spread is a few tenths at 2,500
+            images).
+        device: torch device; default "cpu".
+        seed: seed of every random draw; default 0.
+    """
+
     backbone: BackboneConfig
     data: str  # training images; the validation ones are held out of them unless val_data
     out: str  # the search directory

@@ -31,15 +31,32 @@ _NESTING_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "m
 
 @dataclass
 class BackboneConfig:
+    """The model to load: a timm name, its weights and its size (`load_backbone`).
+
+    Attributes:
+        model: the timm model name, e.g. "resnet18", "vit_tiny_patch16_224"; required.
+        pretrained: timm's own pretrained weights; default False, since they need the network.
+        checkpoint: a local weights file (.safetensors, or .pth/.pt read with weights_only=True),
+            overrides ``pretrained``; default None.
+        num_classes: the classifier's size; default None: the model's (1000 for ImageNet models).
+        img_size: the square input size in pixels; default None: the model's default.
+        model_kwargs: further timm.create_model keyword arguments (dict); default empty.
+        reparam: fuse re-parameterisable branches (timm's reparameterize_model), the deploy form;
+            default False.
+        mean: the input normalisation mean the weights were trained with, [R, G, B]; default None:
+            timm's data config (as timm train.py's --mean).
+        std: the input normalisation std, [R, G, B]; default None: timm's data config.
+    """
+
     model: str
-    pretrained: bool = False  # timm's own weights; needs the network
-    checkpoint: str | None = None  # a local weights file, overrides pretrained
-    num_classes: int | None = None  # None keeps the model's default (1000 for ImageNet models)
-    img_size: int | None = None  # None keeps the model's default input size
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed on to timm.create_model
-    reparam: bool = False  # fuse re-parameterisable branches (timm's reparameterize_model): the deploy form
-    mean: list[float] | None = None  # input normalisation the weights were trained with; None: timm's data config
-    std: list[float] | None = None  # (timm train.py's --mean / --std)
+    pretrained: bool = False
+    checkpoint: str | None = None
+    num_classes: int | None = None
+    img_size: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    reparam: bool = False
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

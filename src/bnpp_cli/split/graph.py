@@ -27,6 +27,20 @@ from .layouts import FeatureLayout, LayoutError, detect_layout
 
 @dataclass(frozen=True)
 class SplitPoint:
+    """One place a traced model can be cut: a single value crosses from the head to the tail.
+
+    Attributes:
+        name: the coarsest module whose output crosses the cut (or the fx node name).
+        aliases: finer modules with the same output, e.g. ("layer3.1", "layer3.1.act2").
+        index: position of the last head node in execution order.
+        node: fx node name of the crossing value.
+        shape: the feature's shape without the batch dimension.
+        coarse: listed by default (top-level modules and the blocks of timm's feature stages).
+        layout: how the feature is laid out (FeatureLayout); default None: the model does not
+            settle it (``layout_note`` says why).
+        layout_note: how the layout was found, or why it was not; default "".
+    """
+
     name: str  # coarsest module whose output crosses the cut (or the fx node name)
     aliases: tuple[str, ...]  # finer modules with the same output, e.g. ("layer3.1", "layer3.1.act2")
     index: int  # position of the last head node in execution order

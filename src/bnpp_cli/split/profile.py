@@ -30,11 +30,23 @@ from .graph import SplitPoint, TracedModel, split_model, trace_model
 
 @dataclass
 class Budget:
-    bandwidth_mbps: float = 10.0  # uplink rate; 10 Mbit/s is a modest LTE/Wi-Fi uplink
-    device_gmacs: float = 10.0  # device speed in GMAC/s; a phone CPU on a CNN reaches ~10
-    edge_gmacs: float = 1000.0  # edge speed in GMAC/s; a server GPU, conservatively
-    ratio: float | None = 64.0  # bit compression of the codec vs the float32 feature (BottleNet++: 64-256)
-    bits_per_image: float | None = None  # instead of ratio: this payload at every point (ratio must be None)
+    """The deployment a profile ranks split points for: link rate, both sides' speeds, the payload.
+
+    Attributes:
+        bandwidth_mbps: uplink rate in Mbit/s; default 10.0, a modest LTE/Wi-Fi uplink.
+        device_gmacs: device speed in GMAC/s; default 10.0, what a phone CPU reaches on a CNN.
+        edge_gmacs: edge speed in GMAC/s; default 1000.0, a server GPU, conservatively.
+        ratio: bit compression of the codec against the float32 feature, assumed at every point;
+            default 64.0 (BottleNet++ reaches 64-256).
+        bits_per_image: instead of ``ratio``, this payload in bits per image at every point
+            (``ratio`` must then be None); default None.
+    """
+
+    bandwidth_mbps: float = 10.0
+    device_gmacs: float = 10.0
+    edge_gmacs: float = 1000.0
+    ratio: float | None = 64.0
+    bits_per_image: float | None = None
 
     def validate(self) -> None:
         if (self.ratio is None) == (self.bits_per_image is None):
@@ -58,53 +70,114 @@ class Budget:
 
 @dataclass
 class ProfileConfig:
+    """What `profile_model` measures: one backbone's split points under a budget.
+
+    Attributes:
+        backbone: the model to profile; required.
+        all_points: every valid split point, not only the named coarse ones; default False (the
+            short list a user chooses from).
+        data: images for the sparsity figures (.npz, ImageFolder, dataset name); default None:
+            random normal inputs.
+        samples: images behind the sparsity figures; default 16 (a stable fraction, fast).
+        near_zero: |f| below this counts as near-zero, absolute in the feature's units; default 1e-2.
+        repeats: timed runs of each head (the median reported), after one warm-up; default 5.
+        verify: check tail(head(x)) == model(x) at every listed point; default False (it costs a
+            forward pass per point).
+        budget: the deployment the points are ranked for; default Budget().
+        seed: seed of the inputs and the random weights; default 0.
+    """
+
     backbone: BackboneConfig
-    all_points: bool = False  # every valid point, not just the named coarse ones
-    data: str | None = None  # images for sparsity (.npz, ImageFolder, dataset name); None: random
-    samples: int = 16  # images for the sparsity figures
-    near_zero: float = 1e-2  # |f| below this counts as near-zero (absolute, the feature's units)
-    repeats: int = 5  # timed runs of each head (median reported), after one warm-up
-    verify: bool = False  # check tail(head(x)) == model(x) for every listed point
+    all_points: bool = False
+    data: str | None = None
+    samples: int = 16
+    near_zero: float = 1e-2
+    repeats: int = 5
+    verify: bool = False
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
 
 
 @dataclass
 class PointProfile:
+    """One split point's measurements (a row of `bnpp profile`).
+
+    Attributes:
+        name: the split point's name (what `fit` takes as its split).
+        aliases: other names of the same cut (graph node names).
+        shape: the feature's shape without the batch axis, e.g. [C, H, W] or [T, D].
+        elements: the feature's element count, prod(shape).
+        bytes: the feature's size as float32, bytes (4 x elements).
+        zero_fraction: share of feature elements exactly 0, in [0, 1].
+        near_zero_fraction: share with |f| below the config's ``near_zero``, in [0, 1].
+        device_macs: MACs of the head (device side), batch 1.
+        device_params: parameters of the head.
+        edge_macs: MACs of the tail (edge side), batch 1.
+        edge_params: parameters of the tail.
+        latency_ms: the head's latency on this machine, ms, batch 1, median of the timed runs.
+        payload_bits: bits per image crossing the link under the budget's ratio or bits_per_image.
+        est_latency_ms: estimated device + link + edge latency under the budget, ms.
+        max_abs_diff: max |tail(head(x)) - model(x)| where verified; default None (not verified).
+        layout: the feature's layout (split.layouts): kind, grid, prefix_tokens, source; default {}.
+        latency_range_ms: [min, max] of the head's timed runs, ms (their spread); default [].
+        payload_ratio: 32 x elements / payload_bits, the bit compression the payload means here;
+            default 0.0.
+    """
+
     name: str
     aliases: list[str]
     shape: list[int]
     elements: int
-    bytes: int  # float32
+    bytes: int
     zero_fraction: float
     near_zero_fraction: float
     device_macs: int
     device_params: int
     edge_macs: int
     edge_params: int
-    latency_ms: float  # head, batch 1, median on this machine
-    payload_bits: int  # under the budget's ratio, or its bits_per_image
-    est_latency_ms: float  # device + link + edge under the budget
-    max_abs_diff: float | None = None  # with verify
-    layout: dict[str, Any] = field(default_factory=dict)  # split.layouts: kind, grid, prefix_tokens, source
-    latency_range_ms: list[float] = field(default_factory=list)  # [min, max] of the timed runs (spread)
-    payload_ratio: float = 0.0  # 32 * elements / payload_bits: the bit compression the payload means here
+    latency_ms: float
+    payload_bits: int
+    est_latency_ms: float
+    max_abs_diff: float | None = None
+    layout: dict[str, Any] = field(default_factory=dict)
+    latency_range_ms: list[float] = field(default_factory=list)
+    payload_ratio: float = 0.0
 
 
 @dataclass
 class ModelProfile:
+    """`profile_model`'s result: the whole model's figures, every split point's, and a ranking.
+
+    Attributes:
+        model: the timm model name.
+        input_size: the input's shape without the batch axis, [C, H, W].
+        weights: where the weights came from: "random", "pretrained" or the checkpoint path.
+        inputs: what the sparsity figures were measured on: "random" or the data source.
+        total_macs: MACs of the whole model, batch 1 (1 MAC = 2 FLOPs).
+        total_params: parameters of the whole model.
+        latency_ms: the whole model's latency on this machine, ms, batch 1, median.
+        split_points: one PointProfile per listed split point, input to output.
+        recommendation: the ranking under the budget: "best" (the point of least estimated
+            latency), "best_est_latency_ms", "pareto" (device MACs against payload), "budget",
+            "formula", "payload", "ratio_assumed", "note" and "baselines".
+        notes: caveats in words (random weights, random inputs, unknown layouts, ...).
+        latency_range_ms: the whole model's [min, max] over the timed runs, ms; default [].
+        latency_repeats: timed runs behind each median, after one untimed warm-up; default 0.
+    """
+
     model: str
     input_size: list[int]
     weights: str
-    inputs: str  # "random" or the data source
+    inputs: str
     total_macs: int
     total_params: int
-    latency_ms: float  # whole model, batch 1, median
+    latency_ms: float
     split_points: list[PointProfile]
     recommendation: dict[str, Any]
     notes: list[str]
-    latency_range_ms: list[float] = field(default_factory=list)  # whole model: [min, max] of the timed runs
-    latency_repeats: int = 0  # timed runs behind each median, after one untimed warm-up
+    latency_range_ms: list[float] = field(default_factory=list)
+    latency_repeats: int = 0
+
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
