@@ -179,29 +179,11 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
     loader.set_epoch(spec.step)
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + spec.step * 31 + spec.rank)
     aug_gen = torch.Generator().manual_seed(spec.seed * 104729 + spec.step * 17 + spec.rank)
-    channel = pipeline.channel
-    fd = spec.distill_features > 0
-    if fd and cache is not None:
-        raise RunError("--distill-features needs the teacher's tail features; a feature cache holds logits only")
-    probes = [_Probe(pipeline.tail.get_submodule(q)) for q in spec.distill_at] if fd else []
-    # phase codec: the teacher is the same frozen tail on the uncut features; phase joint: the uncut model
-    joint_teacher = fd and teacher is not None and spec.phase == "joint"
-    teacher_probes = ([_Probe(teacher.get_submodule(q)) for q in spec.distill_at]  # type: ignore[union-attr]
-                      if joint_teacher else probes)
-    total, correct, loss_sum, seen, start, before_s = len(loader), 0, 0.0, 0, 0, 0.0
-    if resume is not None:
-        gen.set_state(resume["gen"])
-        aug_gen.set_state(resume["aug"])
-        torch.set_rng_state(resume["torch"])
-        if resume.get("cuda") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(resume["cuda"], device)
-        start, correct, loss_sum, seen = resume["batch"], resume["correct"], resume["loss_sum"], resume["seen"]
-        before_s = resume["seconds"]
-    seen0 = seen
+    probes, teacher_probes = _probes(spec, pipeline, teacher, cache)
+    start, correct, loss_sum, seen, before_s = _restore(resume, gen, aug_gen, device)
+    total, seen0, i, amp = len(loader), seen, start, spec.amp and device.type == "cuda"
     callback("epoch_start", {"phase": spec.phase, "epoch": spec.epoch, "batches": total, "start": start})
     t0 = time.perf_counter()
-    amp = spec.amp and device.type == "cuda"
-    i = start
 
     def position() -> dict[str, Any]:
         return {"batch": i, "gen": gen.get_state(), "aug": aug_gen.get_state(), "torch": torch.get_rng_state(),
@@ -211,47 +193,23 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
 
     try:
         for x, y in itertools.islice(loader, start, None):  # the batches already done are skipped
-            if cache is not None:  # x: the batch's row numbers in the cache
-                f, target = cache.batch(x, device)
-                target = target if spec.distill > 0 else None
-            else:
-                x = transform(x, generator=aug_gen).to(device, non_blocking=True)
-            y = y.to(device)
-            param = channel.sample_param(y.shape[0], generator=gen, device=device)
+            batch = _Batch(x, y.to(device), cache, transform, aug_gen, device)
+            param = pipeline.channel.sample_param(batch.y.shape[0], generator=gen, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if spec.phase == "codec":
-                    if cache is None:
-                        with torch.no_grad():
-                            f = pipeline.head(x)
-                            target = pipeline.tail(f) if spec.distill > 0 or fd else None
-                    taught = [q.take() for q in teacher_probes] if fd else None  # the same tail ran on the uncut features
-                    logits = forward(f, param, gen, True)
-                else:
-                    with torch.no_grad():
-                        target = teacher(x) if teacher is not None else None
-                    taught = [q.take() for q in teacher_probes] if fd and teacher is not None else None
-                    logits = forward(x, param, gen)
-                loss = F.cross_entropy(logits.float(), y)
-                if target is not None and spec.distill > 0:
-                    loss = loss + spec.distill * distillation_loss(logits, target, spec.distill_temperature)
-                if taught is not None:
-                    fdl = sum(feature_distillation_loss(q.take(), t) for q, t in zip(probes, taught)) / len(probes)
-                    loss = loss + spec.distill_features * fdl
-                loss = loss + pipeline.codec.rate_loss(spec.lmbda)  # an entropy code's rate (0 for the others)
+                loss, logits = _batch_loss(spec, pipeline, forward, teacher, batch, param, gen, probes, teacher_probes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            n = y.shape[0]
+            n = batch.y.shape[0]
             seen += n
             i += 1
             loss_sum += float(loss.detach()) * n
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == batch.y).sum())
             if spec.rank == 0:
-                rate = (seen - seen0) * spec.world / (time.perf_counter() - t0)
                 callback("batch", {"phase": spec.phase, "epoch": spec.epoch, "step": i, "batches": total,
                                    "images": seen * spec.world, "loss": loss_sum / seen, "acc": correct / seen,
-                                   "images_per_s": rate})
+                                   "images_per_s": (seen - seen0) * spec.world / (time.perf_counter() - t0)})
             if after_batch is not None:
                 after_batch(position)
     finally:  # also when a checkpoint request stops the epoch: no hook outlives it
@@ -260,6 +218,72 @@ def train_epoch(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teache
     return {"phase": spec.phase, "epoch": spec.epoch, "train_loss": loss_sum / max(seen, 1),
             "train_top1": correct / max(seen, 1), "seconds": before_s + time.perf_counter() - t0,
             "images": seen * spec.world}
+
+
+def _probes(spec: EpochSpec, pipeline: nn.Module, teacher: nn.Module | None, cache) -> tuple[list, list]:
+    """Feature-distillation probes on the tail's modules and on the teacher's (the same ones in phase
+    codec: the teacher is the frozen tail on the uncut features; phase joint: the uncut model)."""
+    fd = spec.distill_features > 0
+    if fd and cache is not None:
+        raise RunError("--distill-features needs the teacher's tail features; a feature cache holds logits only")
+    probes = [_Probe(pipeline.tail.get_submodule(q)) for q in spec.distill_at] if fd else []
+    joint_teacher = fd and teacher is not None and spec.phase == "joint"
+    teacher_probes = ([_Probe(teacher.get_submodule(q)) for q in spec.distill_at]  # type: ignore[union-attr]
+                      if joint_teacher else probes)
+    return probes, teacher_probes
+
+
+def _restore(resume: dict[str, Any] | None, gen, aug_gen, device: torch.device) -> tuple[int, int, float, int, float]:
+    """(first batch, correct, loss sum, images seen, seconds before) of a resumed epoch, its generators
+    set back; zeros for a fresh one."""
+    if resume is None:
+        return 0, 0, 0.0, 0, 0.0
+    gen.set_state(resume["gen"])
+    aug_gen.set_state(resume["aug"])
+    torch.set_rng_state(resume["torch"])
+    if resume.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(resume["cuda"], device)
+    return resume["batch"], resume["correct"], resume["loss_sum"], resume["seen"], resume["seconds"]
+
+
+class _Batch:
+    """One training batch: images x (augmented, on the device), or with a feature cache the head's
+    features f and the teacher's logits read from it; labels y."""
+
+    def __init__(self, x, y: torch.Tensor, cache: FeatureCache | None, transform: BatchTransform, aug_gen,
+                 device: torch.device):
+        self.y, self.f, self.target = y, None, None
+        if cache is not None:  # x: the batch's row numbers in the cache
+            self.f, self.target = cache.batch(x, device)
+            self.x = None
+        else:
+            self.x = transform(x, generator=aug_gen).to(device, non_blocking=True)
+
+
+def _batch_loss(spec: EpochSpec, pipeline: nn.Module, forward: nn.Module, teacher: nn.Module | None, b: _Batch,
+                param, gen, probes: list, teacher_probes: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of one batch: cross-entropy, the distillation terms and the code's rate term."""
+    fd = spec.distill_features > 0
+    if spec.phase == "codec":
+        f, target = b.f, (b.target if spec.distill > 0 else None)
+        if f is None:
+            with torch.no_grad():
+                f = pipeline.head(b.x)
+                target = pipeline.tail(f) if spec.distill > 0 or fd else None
+        taught = [q.take() for q in teacher_probes] if fd else None  # the same tail ran on the uncut features
+        logits = forward(f, param, gen, True)
+    else:
+        with torch.no_grad():
+            target = teacher(b.x) if teacher is not None else None
+        taught = [q.take() for q in teacher_probes] if fd and teacher is not None else None
+        logits = forward(b.x, param, gen)
+    loss = F.cross_entropy(logits.float(), b.y)
+    if target is not None and spec.distill > 0:
+        loss = loss + spec.distill * distillation_loss(logits, target, spec.distill_temperature)
+    if taught is not None:
+        fdl = sum(feature_distillation_loss(q.take(), t) for q, t in zip(probes, taught)) / len(probes)
+        loss = loss + spec.distill_features * fdl
+    return loss + pipeline.codec.rate_loss(spec.lmbda), logits  # an entropy code's rate (0 for the others)
 
 
 @torch.no_grad()
