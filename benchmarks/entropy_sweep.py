@@ -1,7 +1,7 @@
 """Every entropy-preset variant tried at one split, scored on VALIDATION images (never the test split).
 
 For each finished `bnpp fit --preset entropy` run directory given, the validation images are exactly
-the ones its fit held out of --data (run.baselines.validation_images: the fit's val_fraction and
+the ones its fit held out of --data (bnpp_cli.validation_images: the fit's val_fraction and
 seed); the run is evaluated on them with `evaluate_run` (the code path of `bnpp eval`), so the bits
 are MEASURED from the real batch-1 bitstream, next to the likelihood estimate. The backbone's top-1 on
 the same images gives the validation drop. The backbone was trained on these images (train.npz is
@@ -18,27 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from bnpp_cli import EvalConfig, RunDir, evaluate_run
-from bnpp_cli.run.baselines import validation_images, write_images_npz
-from rate_accuracy import commit  # noqa: E402  (the grid benchmark's own; benchmarks/ is sys.path[0])
+from bnpp_cli import EvalConfig, RunDir, evaluate_run, validation_images
+from harness import Results, add_options, rel, write_images_npz
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="finished entropy-preset run directories")
-    ap.add_argument("--out", default="benchmarks/results/entropy_layer2_sweep.jsonl")
+    add_options(ap, out="benchmarks/results/entropy_layer2_sweep.jsonl", out_help="results file (JSONL, rewritten)",
+                seed=False, device=False)
     args = ap.parse_args()
-    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-               "torch": torch.__version__}
     rows, val_files = [], {}
     with tempfile.TemporaryDirectory(prefix="bnpp-sweep-") as tmp:
         for run in sorted(args.runs):
@@ -63,7 +56,7 @@ def main() -> None:
             ev = evaluate_run(EvalConfig(run=run, data=path, draws=1)).to_dict()
             metrics = run_dir.read_metrics()
             rows.append({
-                "run": run, "split": cfg.split, "ratio": fit.ratio, "code_shape": ev["code_shape"],
+                "run": rel(run), "split": cfg.split, "ratio": fit.ratio, "code_shape": ev["code_shape"],
                 "lmbda": fit.lmbda, "codec_epochs": fit.codec_epochs, "joint_epochs": fit.joint_epochs,
                 "limit": fit.limit, "seed": fit.seed, "validation": source, "val_images": ev["images"],
                 "backbone_val_top1": ev["backbone_top1"], "val_top1": ev["noiseless_top1"],
@@ -73,11 +66,7 @@ def main() -> None:
             })
             print(json.dumps(rows[-1]), flush=True)
     rows.sort(key=lambda r: (r["split"], r["val_drop_points"], r["val_bits_per_image"]))
-    head = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "commit": commit(),
-            "machine": machine}
-    with open(args.out, "w") as fh:
-        for r in rows:
-            fh.write(json.dumps({**r, **head}) + "\n")
+    Results(Path(args.out)).rewrite_rows(rows)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bnpp_cli.files import write_json
-from bnpp_cli.link.config import ChannelConfig
-from bnpp_cli.run.config import FitConfig
-from bnpp_cli.run.fit import fit_codec
-from bnpp_cli.split.backbone import BackboneConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_resnet18 import SHARED, REPO, commit, machine  # noqa: E402
+from bnpp_cli import ChannelConfig, FitConfig, fit_codec
+from harness import RESULTS, Results, add_options, shared_backbone
 
 MODES = {"default": {"augment": True, "cache": False}, "no-augment": {"augment": False, "cache": False},
          "cache": {"augment": False, "cache": True}}
@@ -49,11 +42,9 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=64.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--share", type=int, default=3, help="candidates sharing one cache (a search's rates)")
-    ap.add_argument("--name", default="feature_cache_speed")
+    add_options(ap, out=RESULTS, name="feature_cache_speed", seed=False)
     args = ap.parse_args()
-    data, model = SHARED / "data" / "cifar10", SHARED / "models" / "resnet18_cifar10.safetensors"
-    if not (data / "train.npz").is_file() or not model.is_file():
-        sys.exit(f"needs {data}/train.npz and {model}")
+    backbone, data = shared_backbone("resnet18_cifar10")
     scratch = Path(tempfile.mkdtemp(prefix="bnpp-cache-speed-"))
     splits = args.splits.split(",")
     rows: dict[tuple[str, str], list[dict]] = {(s, m): [] for s in splits for m in MODES}
@@ -65,9 +56,10 @@ def main() -> None:
                 for mode, how in MODES.items():
                     out = scratch / f"{split}-{mode}-{rep}"
                     config = FitConfig(
-                        backbone=BackboneConfig("resnet18", checkpoint=str(model), num_classes=10, img_size=32),
+                        backbone=backbone,
                         split=split, data=str(data / "train.npz"), out=str(out), channel=ChannelConfig("awgn", 20.0),
-                        ratio=args.ratio, limit=args.images, val_fraction=args.val_fraction, codec_epochs=args.epochs, augment=how["augment"],
+                        ratio=args.ratio, limit=args.images, val_fraction=args.val_fraction, codec_epochs=args.epochs,
+                        augment=how["augment"], device=args.device,
                         feature_cache=str(scratch / "features") if how["cache"] else False)
                     start = time.perf_counter()
                     result = fit_codec(config)
@@ -104,11 +96,10 @@ def main() -> None:
         print(f"{split}: default {med['default']:.0f}, no-augment {med['no-augment']:.0f}, cache {med['cache']:.0f} "
               f"img/s ({med['cache'] / med['default']:.2f}x; amortised with a {build_s:.1f} s build over "
               f"{args.share}: {amortised / med['default']:.2f}x); wall {wall['default']:.1f} / {wall['cache']:.1f} s")
-    summary = {"command": " ".join(["python", "benchmarks/feature_cache_speed.py", *sys.argv[1:]]),
-               "commit": commit(), "machine": machine(), "seed": 0, "images": args.images, "epochs": args.epochs, "val_fraction": args.val_fraction,
+    summary = {"seed": 0, "images": args.images, "epochs": args.epochs, "val_fraction": args.val_fraction,
                "ratio": args.ratio, "repeats": args.repeats, "share": args.share, "seconds": time.perf_counter() - t0,
                "modes": MODES, "table": table, "rows": {f"{s}/{m}": r for (s, m), r in rows.items()}}
-    write_json(REPO / "benchmarks" / "results" / f"{args.name}.json", summary)
+    Results(Path(args.out) / f"{args.name}.json").write(summary)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Each variant is preset bnpp with some FitConfig fields changed, fitted at one split and ratio of the
 shared CIFAR-10 resnet18 (AWGN trained over PSNR >= 10 dB, as the grid), and measured on the
-VALIDATION images only (5,000 of the official test split the backbone never saw, benchmarks/heldout.py)
+VALIDATION images only (5,000 of the official test split the backbone never saw, harness.test_halves)
 at PSNR 20 dB, 2 noise draws. Every variant tried is appended to benchmarks/results/<name>.jsonl with
 its validation figure, device MACs (head + encoder) and edge MACs (decoder), whether or not it wins.
 `--test RUN_NAME` instead evaluates named finished runs on the TEST half, once (the chosen points).
@@ -14,16 +14,11 @@ its validation figure, device MACs (head + encoder) and edge MACs (decoder), whe
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
-import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-from rate_accuracy import commit, machine, rel  # noqa: E402  (benchmarks/ is sys.path[0])
+from bnpp_cli import ChannelConfig, EvalConfig, FitConfig, evaluate_run, fit_and_measure, load_run
+from harness import Results, add_options, head_macs, rel, shared_backbone, test_halves
 
 # name -> FitConfig fields changed from the bnpp preset at the grid budget
 VARIANTS: dict[str, dict] = {
@@ -70,12 +65,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--train-snr", type=float, default=10.0)
     ap.add_argument("--snr", type=float, default=20.0)
     ap.add_argument("--draws", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="appended to run names (a different budget: e.g. -long)")
     ap.add_argument("--test", default=None, help="comma-separated finished run names to evaluate on the test half")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--name", default="frontier_variants")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    add_options(ap, name="frontier_variants")
     return ap.parse_args()
 
 
@@ -83,42 +75,28 @@ def overrides(spec: str) -> dict:
     out: dict = {}
     for part in spec.split("+"):
         if part not in VARIANTS:
-            sys.exit(f"unknown variant {part!r}; valid: {', '.join(VARIANTS)}")
+            raise SystemExit(f"unknown variant {part!r}; valid: {', '.join(VARIANTS)}")
         out.update(VARIANTS[part])
     return out
 
 
 def main() -> None:
     args = parse()
-    from heldout import test_halves
-
-    from bnpp_cli.link.config import ChannelConfig
-    from bnpp_cli.run.config import FitConfig
-    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
-    from bnpp_cli.run.measure import fit_and_measure
-    from bnpp_cli.run.pipeline import load_run
-    from bnpp_cli.split.backbone import BackboneConfig
-    from bnpp_cli.split.macs import count_macs
-
-    checkpoint, data = SHARED / "models" / "resnet18_cifar10.safetensors", SHARED / "data" / "cifar10"
-    if not checkpoint.is_file():
-        sys.exit(f"{checkpoint} not found: this benchmark needs the shared model and data")
+    bb, data = shared_backbone("resnet18_cifar10")
     out = Path(args.out)
     runs = out / "runs" / args.name
-    val, test, halves = test_halves(data / "test.npz", out / "runs" / "heldout", seed=0)
-    log = out / f"{args.name}.jsonl"
-    common = {"command": "python " + " ".join(sys.argv), "commit": commit(), "machine": machine(),
-              "seed": args.seed, "halves": halves, "condition_snr_db": args.snr, "draws": args.draws}
+    val, test, halves = test_halves(data / "test.npz", seed=0)
+    log = Results(out / f"{args.name}.jsonl")
+    common = {"seed": args.seed, "halves": halves, "condition_snr_db": args.snr, "draws": args.draws}
     if args.test:
         for name in args.test.split(","):
             ev = evaluate_run(EvalConfig(run=str(runs / name), data=str(test), conditions=[args.snr], draws=args.draws))
             row = {**common, "kind": "test", "run": rel(runs / name), "test_images": ev.images,
                    "test_backbone_top1": ev.backbone_top1, "test_top1": ev.results[0]["top1_mean"],
                    "test_drop": 100 * (ev.backbone_top1 - ev.results[0]["top1_mean"])}
-            append(log, row)
+            log.append(row)
             print(f"{name}: test drop {row['test_drop']:.2f} pt on {ev.images} images", flush=True)
         return
-    bb = BackboneConfig("resnet18", checkpoint=str(checkpoint), num_classes=10, img_size=32)
     for spec in args.variants.split(","):
         changes = overrides(spec)
         name = f"{args.split}-{args.ratio:g}x-{spec}{args.tag}"
@@ -131,26 +109,19 @@ def main() -> None:
                         seed=args.seed, **fields)
         t0 = time.perf_counter()
         trial = fit_and_measure(cfg, str(val), [args.snr], args.draws)
-        ev, run = trial.evaluation, load_run(trial.run)
-        head_macs = count_macs(run.pipeline.head.eval(), torch.zeros(1, 3, 32, 32))
+        ev, head = trial.evaluation, head_macs(load_run(trial.run))
         top1 = ev.results[0]["top1_mean"]
         row = {**common, "kind": "validation", "variant": spec, "changes": changes, "split": args.split,
                "ratio": args.ratio, "train_snr_db": train_snr, "train_images": args.train_limit, "epochs": fields["codec_epochs"],
                "joint_epochs": fields.get("joint_epochs", 0), "symbols": ev.code_symbols,
-               "device_macs": head_macs + trial.encoder_macs, "encoder_macs": trial.encoder_macs,
+               "device_macs": head + trial.encoder_macs, "encoder_macs": trial.encoder_macs,
                "decoder_macs": trial.decoder_macs, "val_images": ev.images, "val_backbone_top1": ev.backbone_top1,
                "val_top1": top1, "val_drop": 100 * (ev.backbone_top1 - top1), "fit_seconds": trial.fit_seconds,
                "wall_seconds": time.perf_counter() - t0, "reused": trial.reused, "run": rel(trial.run)}
-        append(log, row)
+        log.append(row)
         print(f"{name:28s} {row['symbols']:4d} symbols  val drop {row['val_drop']:6.2f} pt  device "
               f"{row['device_macs'] / 1e6:.1f} M  decoder {row['decoder_macs'] / 1e6:.2f} M  fit "
               f"{trial.fit_seconds:.0f} s", flush=True)
-
-
-def append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:  # one line per measurement, never rewritten
-        fh.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

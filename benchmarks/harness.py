@@ -29,7 +29,6 @@ import datetime
 import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import shlex
@@ -268,6 +267,42 @@ def image_batches(path: str | Path, data_config: dict[str, Any], batch: int = 50
     return [(tf(x[i:i + batch]), y[i:i + batch]) for i in range(0, len(y), batch)]
 
 
+# ---- image files (PIL, which bnpp already needs) -------------------------------------------------
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    """uint8 (H, W, 3) RGB as JPEG bytes at this quality."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(body: bytes, size: tuple[int, int]) -> np.ndarray:
+    """JPEG bytes -> uint8 (H, W, 3) RGB at ``size`` (H, W); ValueError for anything else or a
+    picture of more than 4x the pixels."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            if im.format != "JPEG" or im.size[0] * im.size[1] > 4 * size[0] * size[1]:
+                raise ValueError(f"not a JPEG of at most 4x {size} pixels")
+            rgb = im.convert("RGB")
+            return np.asarray(rgb.resize(size[::-1]) if rgb.size != size[::-1] else rgb)
+    except OSError as e:
+        raise ValueError(f"cannot decode the JPEG: {e}") from None
+
+
+def save_png(rgb: np.ndarray, path: str | Path) -> None:
+    """uint8 (H, W, 3) RGB as a PNG file."""
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
+
+
 # ---- validation images the shared backbones never saw ---------------------------------------------
 # The shared resnet18 was trained on all 50,000 official training images, so every image of
 # train.npz (half of them) is one it has seen: a drop measured there runs 2.8-3.6 points above the
@@ -428,11 +463,3 @@ def legend(ax, **kw) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(**{"fontsize": 7, **kw})
 
-
-def log2_ticks(ax, axis: str = "x") -> None:
-    (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=2)
-
-
-def mean(values) -> float:
-    values = list(values)
-    return math.fsum(values) / len(values) if values else float("nan")

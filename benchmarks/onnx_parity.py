@@ -19,22 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bnpp_cli.data.batching import BatchTransform
-from bnpp_cli.data.datasets import load_dataset
-from bnpp_cli.deploy.halves import load_pair
-from bnpp_cli.deploy.onnx import load_onnx_pair
+from bnpp_cli import BatchTransform, load_dataset, load_onnx_pair, load_pair
+from harness import Results, add_options, save_png
 
 
 def logits_through_wire(device, edge, x, param, seed, first):
@@ -53,11 +47,10 @@ def main() -> None:
     ap.add_argument("--deploy", required=True)
     ap.add_argument("--data", required=True, help="test images (.npz)")
     ap.add_argument("--snr", type=float, default=None, help="PSNR dB of the simulated link (default noiseless)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=200, help="timed batch-1 runs per device half")
     ap.add_argument("--cli-images", type=int, default=10000)
-    ap.add_argument("--out", required=True)
+    add_options(ap, out=None, out_required=True, out_help="results file (JSON)", device=False)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
 
@@ -112,12 +105,7 @@ def main() -> None:
 
     cli = cli_same_classes(args, images, data)
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "onnxruntime": __import__("onnxruntime").__version__},
-        "seed": args.seed, "deploy": str(deploy), "data": args.data, "images": n,
+        "onnxruntime": __import__("onnxruntime").__version__, "seed": args.seed, "deploy": str(deploy), "data": args.data, "images": n,
         "condition": {"snr_db": args.snr} if args.snr is not None else "noiseless",
         "pair_id": pt_dev.pair_id,
         "code_max_abs_diff": code_diff, "logits_max_abs_diff": logit_diff,
@@ -127,8 +115,7 @@ def main() -> None:
         "device_latency_ms_batch1": {k: quartiles(v) for k, v in times.items()},
         "file_bytes": sizes, "eval_seconds": eval_s, "cli_predict": cli,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Results(Path(args.out)).write(result)
     print(json.dumps({k: result[k] for k in ("top1", "top1_agreement", "logits_max_abs_diff", "code_max_abs_diff",
                                               "int8_top1_drop_points", "file_bytes")}, indent=2))
     print({k: round(v["median"], 3) for k, v in result["device_latency_ms_batch1"].items()}, cli)
@@ -136,12 +123,10 @@ def main() -> None:
 
 def cli_same_classes(args, images, data) -> dict:
     """`bnpp predict` with each runtime on the first --cli-images test images (PNG files), --seed."""
-    from PIL import Image
-
     k = min(args.cli_images, len(images))
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(k):
-            Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(f"{tmp}/test{i:05d}.png")
+            save_png(images[i].permute(1, 2, 0).numpy(), f"{tmp}/test{i:05d}.png")
         classes = {}
         for runtime in ("torch", "onnxruntime", "onnxruntime-int8"):
             out = Path(tmp) / f"{runtime}.json"

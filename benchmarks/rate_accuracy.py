@@ -15,7 +15,8 @@ Both learned methods get the same data and epochs (default: the first 10,000 tra
 3 epochs; --quick: 5,000 images, 1 epoch). AWGN rows: trained over PSNR >= 10 dB (as the paper: the condition drawn per batch), evaluated at
 fixed 10 and 20 dB. BEC rows: trained for p < 0.01, evaluated at p = 0.01; 8-bit symbols, so the
 bit ratio is 4x the bandwidth ratio. Evaluation: the official 10,000-image test split (--quick: the
-first 2,000), 2 noise draws per condition. Writes JSON + CSV + PNG plots under benchmarks/results/.
+first 2,000), 2 noise draws per condition. Writes benchmarks/results/<name>.json and two plots
+drawn from it (<name>.png, <name>_psnr.png; --plot-only redraws them).
 
     python benchmarks/rate_accuracy.py --quick     # smoke run, < 10 min on 2 cores
     python benchmarks/rate_accuracy.py             # the full grid
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bnpp_cli import (ChannelConfig, CodecError, FitConfig, RunDir, count_macs, create_channel, fit_and_measure,
+from bnpp_cli import (ChannelConfig, CodecError, FitConfig, count_macs, create_channel, fit_and_measure,
                       load_backbone, split_model, trace_model)
 from harness import Results, add_options, drop_stale, floats, image_batches, legend, pyplot, save_figure, shared_backbone
 
@@ -82,71 +83,48 @@ def accuracy(tail, feats, labels, fn):
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
-def main() -> int:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="layer2 + layer3 at 64x, 5,000 train / 2,000 test images")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results folder")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--splits", default=None, help="comma list, overrides the grid's splits")
     ap.add_argument("--ratios", default=None, help="comma list of bandwidth ratios, overrides the grid's")
     ap.add_argument("--methods", default="faithful,best", help="learned methods to fit")
     ap.add_argument("--train-limit", type=int, default=None,
                     help="training images per fit (default: 10,000; --quick: 5,000)")
     ap.add_argument("--epochs", type=int, default=None, help="codec epochs per fit (default: 3; --quick: 1)")
+    add_options(ap, name=None, plot_only=True)
     ap.add_argument("--name", default=None,
                     help="results file stem (default: rate_accuracy, or rate_accuracy_quick with --quick)")
-    ap.add_argument("--plot-only", metavar="RESULTS_JSON", help="only redraw the plots of a results file")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse()
+    out = Path(args.out)
+    tag = args.name or ("rate_accuracy_quick" if args.quick else "rate_accuracy")
     if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+        plot(json.loads((out / f"{tag}.json").read_text()), out / f"{tag}.png")
         return 0
-
-    checkpoint = SHARED / "models" / "resnet18_cifar10.safetensors"
-    data_dir = SHARED / "data" / "cifar10"
-    if not checkpoint.is_file() or not (data_dir / "test.npz").is_file():
-        print(f"needs {checkpoint} and {data_dir}: not present, nothing to do", file=sys.stderr)
-        return 2
-    from bnpp_cli.split.backbone import BackboneConfig, load_backbone
-    from bnpp_cli.split.macs import node_macs
-    from bnpp_cli.data.batching import BatchTransform, make_loader
-    from bnpp_cli.data.datasets import load_dataset
-    from bnpp_cli.link.config import ChannelConfig
-    from bnpp_cli.run.rundir import RunDir
-    from bnpp_cli.split.graph import split_model, trace_model
-    from bnpp_cli.errors import CodecError
-    from bnpp_cli.run.config import FitConfig
-    from bnpp_cli.run.measure import fit_and_measure
-
+    bb_cfg, data_dir = shared_backbone("resnet18_cifar10")
     quick = args.quick
     splits = args.splits.split(",") if args.splits else (["layer2", "layer3"] if quick else
                                                          ["layer1", "layer2", "layer3", "layer4"])
-    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else ([64.0] if quick else [16.0, 64.0, 256.0])
+    ratios = floats(args.ratios) if args.ratios else ([64.0] if quick else [16.0, 64.0, 256.0])
     train_limit = args.train_limit or (5000 if quick else 10000)
     epochs = args.epochs or (1 if quick else 3)
     test_limit = 2000 if quick else None
     draws = 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = args.name or ("rate_accuracy_quick" if quick else "rate_accuracy")
     runs = out / "runs" / tag
+    results = Results(out / f"{tag}.json")
     t_start = time.perf_counter()
-    code_commit = commit()  # the code that runs, even if HEAD moves while the benchmark does
 
-    bb_cfg = BackboneConfig("resnet18", checkpoint=str(checkpoint), num_classes=10, img_size=32)
     backbone = load_backbone(bb_cfg)
     traced = trace_model(backbone.model, backbone.input_size, "resnet18")
-    per_node = node_macs(traced.graph_module, torch.zeros(1, *backbone.input_size))
-    order = [n.name for n in traced.graph_module.graph.nodes]
-    test = load_dataset(str(data_dir / "test.npz"), input_size=(32, 32), train=False)
-    if test_limit:
-        test = torch.utils.data.Subset(test, range(test_limit))
-    dc = backbone.data_config
-    tf = BatchTransform(dc["mean"], dc["std"], augment=False)
-    batches = [(tf(x), y) for x, y in make_loader(test, 500, shuffle=False, seed=0)]
+    batches = image_batches(data_dir / "test.npz", backbone.data_config, 500, test_limit)
     labels = [y for _, y in batches]
+    test_images = sum(len(y) for y in labels)
     with torch.no_grad():
-        backbone_top1 = sum(int((backbone.model(x).argmax(1) == y).sum()) for x, y in batches) / len(test)
+        backbone_top1 = sum(int((backbone.model(x).argmax(1) == y).sum()) for x, y in batches) / test_images
 
     rows: list[dict] = []
     reused: list[str] = []  # fits found finished in the runs folder (an earlier invocation), evaluated again
@@ -154,12 +132,13 @@ def main() -> int:
 
     def save(final: bool = False) -> None:
         wall = time.perf_counter() - t_start
-        write_results(out, tag, {
-            "backbone_top1": backbone_top1, "commit": code_commit, "machine": machine(), "seeds": [args.seed],
-            "wall_seconds": wall, "complete": final, "quick": quick, "test_images": len(test),
-            "train_limit": train_limit, "epochs": epochs, "draws": draws, "reused_fits": reused, "rows": rows})
+        results.write({
+            "backbone_top1": backbone_top1, "seeds": [args.seed], "wall_seconds": wall, "complete": final,
+            "quick": quick, "test_images": test_images, "train_limit": train_limit, "epochs": epochs,
+            "draws": draws, "reused_fits": reused, "rows": rows})
         if final:
-            print(f"wrote {out / tag}.json/.csv/.png in {wall / 60:.1f} min", flush=True)
+            plot(json.loads(results.path.read_text()), out / f"{tag}.png")
+            print(f"wrote {results.path} in {wall / 60:.1f} min", flush=True)
 
     def add(method, split, ratio, bit_ratio, channel, condition, top1, device_macs, payload_bits, fit_seconds=0.0,
             encoder_macs=0):
@@ -175,7 +154,7 @@ def main() -> int:
     for split in splits:
         point = traced.find(split)
         head, tail = split_model(traced, point)
-        device_macs = sum(per_node.get(n, 0) for n in order[: order.index(point.node) + 1])
+        device_macs = count_macs(head, torch.zeros(1, *backbone.input_size))
         n = point.elements
         with torch.no_grad():
             feats = [head(x) for x, _ in batches]
@@ -221,11 +200,7 @@ def main() -> int:
                                 out=str(runs / name), channel=ChannelConfig(channel, train_cond), ratio=ratio,
                                 limit=train_limit, device=args.device, seed=args.seed, **recipe)
                 try:
-                    done = RunDir(runs / name).finished
-                    why = stale_reason(runs / name, cfg, traced.find(split).shape) if done else None
-                    if why:  # fitted with other defaults: fit again rather than report an old codec
-                        print(f"{name}: earlier fit is stale ({why}); fitting again", flush=True)
-                        shutil.rmtree(runs / name)
+                    drop_stale(cfg)  # fitted with other defaults: fit again rather than report an old codec
                     # the search's step: fit (or reuse the finished run, or resume), then measure
                     trial = fit_and_measure(cfg, str(data_dir / "test.npz"), eval_conds, draws, limit=test_limit)
                 except CodecError as e:  # an infeasible ratio at this split (e.g. C' < 1)
@@ -246,29 +221,11 @@ def main() -> int:
     return 0
 
 
-def write_results(out: Path, tag: str, result: dict) -> None:
-    (out / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(out / f"{tag}.csv", "w", newline="") as fh:
-        fields = list(dict.fromkeys(k for r in result["rows"] for k in r))  # learned rows add keys
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in result["rows"]:
-            w.writerow({**r, "condition": json.dumps(r["condition"])})
-    plot(result, out / f"{tag}.png")
-
-
-def _legend(ax) -> None:
-    if ax.get_legend_handles_labels()[0]:  # a partial results file may have no learned rows yet
-        ax.legend(fontsize=6)
-
-
 def plot(result: dict, path: Path) -> None:
     """Two figures: top-1 vs bandwidth ratio per split (AWGN 20 dB, BEC p = 0.01), and top-1 vs PSNR at 64x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     rows = result["rows"]
     splits = list(dict.fromkeys(r["split"] for r in rows))
     base = 100 * result["backbone_top1"]
@@ -293,12 +250,10 @@ def plot(result: dict, path: Path) -> None:
             ax.set_xlabel("bandwidth ratio (symbols; bits = 4x for 8-bit codes)", fontsize=6)
             ax.set_ylabel("top-1 (%)", fontsize=7)
             ax.tick_params(labelsize=6)
-    _legend(axes[0][0])
-    _legend(axes[-1][0])  # the BEC row also has the sparse baseline
+    legend(axes[0][0], fontsize=6)
+    legend(axes[-1][0], fontsize=6)  # the BEC row also has the sparse baseline
     fig.suptitle(f"resnet18 / CIFAR-10: backbone {base:.2f} % (solid), -2 points (dotted)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
     fig, axes = plt.subplots(1, len(splits), figsize=(width, 3.0), dpi=110, squeeze=False)
     for j, split in enumerate(splits):
@@ -313,10 +268,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("PSNR (dB, peak amplitude 1)", fontsize=7)
         ax.set_ylabel("top-1 (%)", fontsize=7)
         ax.tick_params(labelsize=6)
-    _legend(axes[0][0])
-    fig.tight_layout()
-    fig.savefig(path.with_name(path.stem + "_psnr.png"))
-    plt.close(fig)
+    legend(axes[0][0], fontsize=6)
+    save_figure(fig, path.with_name(path.stem + "_psnr.png"))
 
 
 if __name__ == "__main__":

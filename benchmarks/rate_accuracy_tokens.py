@@ -29,53 +29,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
+import time
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CHECKPOINT = SHARED / "models" / "vit_tiny_p4_d6_cifar10.safetensors"
-DATA = SHARED / "data" / "cifar10"
-MODEL_KWARGS = {"patch_size": 4, "depth": 6}
-# the checkpoint was trained with ImageNet mean / std (its metadata and README), but timm's data config
-# for vit_tiny_patch16_224 says 0.5 / 0.5 (31 % top-1 instead of 60 %): timm's own way to correct a
-# model's data config is pretrained_cfg_overlay, a create_model kwarg (not expressible as --model-kwargs)
-from rate_accuracy import commit, encoder_macs, machine  # noqa: E402  (the grid benchmark's own)
+from bnpp_cli import (ChannelConfig, EvalConfig, FitConfig, RunDir, count_macs, evaluate_run, fit_codec, load_backbone,
+                      load_run, split_model, trace_model)
+from harness import (IMAGENET_STATS, SHARED_MODELS, Results, add_options, encoder_macs, image_batches, legend, pyplot,
+                     save_figure, shared_backbone, stale_reason)
 
-CFG_OVERLAY = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+MODEL_KWARGS = {k: v for k, v in SHARED_MODELS["vit_cifar10"].model_kwargs.items() if k != "pretrained_cfg_overlay"}
 
 
-def stale(run_dir: Path, cfg, point) -> str | None:
-    """Why the fit in ``run_dir`` is not what ``cfg`` would fit now (None: a finished, current fit):
+def stale(cfg, point) -> str | None:
+    """Why the fit in ``cfg.out`` is not what ``cfg`` would fit now (None: a finished, current fit):
     its recipe and its codec against today's plan, so a changed default refits."""
-    from bnpp_cli.codec.config import plan_codec
-    from bnpp_cli.run.fit import resolve_recipe
-    from bnpp_cli.run.rundir import RunDir
-
-    rd = RunDir(run_dir)
-    if not rd.finished:
+    if not RunDir(cfg.out).finished:
         return "no finished fit"
-    saved = rd.read_config()
-    have, want = saved.fit.to_dict(), resolve_recipe(cfg).to_dict()
-    for key in ("lr", "batch_size", "distill", "distill_temperature", "lr_schedule", "codec_epochs", "limit", "seed"):
-        if have.get(key) != want[key]:
-            return f"{key} {have.get(key)!r}, now {want[key]!r}"
-    new = plan_codec(point.shape, layout=point.layout, ratio=cfg.ratio, preset=cfg.preset,
-                     feature_nonnegative=saved.codec.output_activation == "relu")
-    diff = saved.codec.differences(new)
-    return "codec " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()) if diff else None
+    return stale_reason(cfg, point.layout)
 
 
 def plot(result: dict, path: Path) -> None:
     """Drop in points against device MACs (the three blocks), per preset and ratio: AWGN 20 dB, BEC p = 0.01."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     rows = result["rows"]
     panels = [("awgn", {"snr_db": 20.0}, "AWGN, PSNR 20 dB"), ("bec", {"erasure": 0.01}, "BEC p = 0.01, 8-bit symbols")]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
@@ -95,18 +74,12 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("device MACs (head + encoder), M", fontsize=7)
         ax.set_ylabel("drop vs the uncut ViT (points)", fontsize=7)
         ax.tick_params(labelsize=6)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        legend(ax, fontsize=6)
+    save_figure(fig, path)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results folder")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--splits", default="blocks.0,blocks.2,blocks.5", help="early, middle, late block")
     ap.add_argument("--ratios", default="64,16", help="bandwidth ratios (64 first: the headline rows)")
     ap.add_argument("--channels", default="awgn,bec")
@@ -114,70 +87,48 @@ def main() -> int:
     ap.add_argument("--train-limit", type=int, default=5000)
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--name", default="rate_accuracy_tokens", help="results file stem")
-    ap.add_argument("--plot-only", metavar="RESULTS_JSON", help="only draw the plot of a results file")
+    add_options(ap, name="rate_accuracy_tokens", plot_only=True)
     args = ap.parse_args()
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
-        return 0
-    if not CHECKPOINT.is_file() or not (DATA / "test.npz").is_file():
-        print(f"needs {CHECKPOINT} and {DATA}: not present, nothing to do", file=sys.stderr)
-        return 2
-    from bnpp_cli.data.batching import BatchTransform, make_loader
-    from bnpp_cli.data.datasets import load_dataset
-    from bnpp_cli.link.config import ChannelConfig
-    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
-    from bnpp_cli.run.fit import FitConfig, fit_codec
-    from bnpp_cli.run.pipeline import load_run
-    from bnpp_cli.run.rundir import RunDir
-    from bnpp_cli.split.backbone import BackboneConfig, load_backbone
-    from bnpp_cli.split.graph import trace_model
-    from bnpp_cli.split.macs import node_macs
-
     out = Path(args.out)
+    if args.plot_only:
+        plot(json.loads((out / f"{args.name}.json").read_text()), out / f"{args.name}.png")
+        return 0
+    bb, data = shared_backbone("vit_cifar10")
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs" / args.name
-    t_start, code_commit = time.perf_counter(), commit()
-    command = "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute()
-                                    else sys.argv[0], *sys.argv[1:]])
-    bb = BackboneConfig("vit_tiny_patch16_224", checkpoint=str(CHECKPOINT), num_classes=10, img_size=32,
-                        model_kwargs={**MODEL_KWARGS, "pretrained_cfg_overlay": CFG_OVERLAY})
+    results = Results(out / f"{args.name}.json")
+    t_start = time.perf_counter()
     backbone = load_backbone(bb)
     traced = trace_model(backbone.model, backbone.input_size, bb.model)
-    per_node = node_macs(traced.graph_module, torch.zeros(1, *backbone.input_size))
-    order = [n.name for n in traced.graph_module.graph.nodes]
-    test = torch.utils.data.Subset(load_dataset(str(DATA / "test.npz"), input_size=(32, 32), train=False),
-                                   range(args.test_limit))
-    dc = backbone.data_config
-    tf = BatchTransform(dc["mean"], dc["std"], augment=False)
+    batches = image_batches(data / "test.npz", backbone.data_config, 500, args.test_limit)
+    test_images = sum(len(y) for _, y in batches)
     with torch.no_grad():
-        hits = sum(int((backbone.model(tf(x)).argmax(1) == y).sum()) for x, y in make_loader(test, 500, shuffle=False, seed=0))
-    backbone_top1 = hits / len(test)
+        hits = sum(int((backbone.model(x).argmax(1) == y).sum()) for x, y in batches)
+    backbone_top1 = hits / test_images
     rows: list[dict] = []
 
     def save(final: bool = False) -> None:
-        result = {"command": command, "commit": code_commit, "machine": machine(), "seeds": [args.seed],
-                  "model": bb.model, "model_kwargs": MODEL_KWARGS, "pretrained_cfg_overlay": CFG_OVERLAY, "checkpoint": str(CHECKPOINT.name),
-                  "backbone_top1": backbone_top1, "test_images": len(test), "train_limit": args.train_limit,
+        results.write({"seeds": [args.seed], "model": bb.model, "model_kwargs": MODEL_KWARGS,
+                  "pretrained_cfg_overlay": IMAGENET_STATS, "checkpoint": Path(bb.checkpoint).name,
+                  "backbone_top1": backbone_top1, "test_images": test_images, "train_limit": args.train_limit,
                   "epochs": args.epochs, "draws": 2, "complete": final,
-                  "wall_seconds": time.perf_counter() - t_start, "rows": rows}
-        (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+                  "wall_seconds": time.perf_counter() - t_start, "rows": rows})
 
-    print(f"uncut ViT top-1 on {len(test)} test images: {100 * backbone_top1:.2f} %", flush=True)
+    print(f"uncut ViT top-1 on {test_images} test images: {100 * backbone_top1:.2f} %", flush=True)
     for ratio in (float(r) for r in args.ratios.split(",")):
         for channel in args.channels.split(","):
             train_cond, eval_conds = (10.0, [10.0, 20.0]) if channel == "awgn" else (0.01, [0.01])
             for split in args.splits.split(","):
                 point = traced.find(split)
-                head_macs = sum(per_node.get(n, 0) for n in order[: order.index(point.node) + 1])
+                head_macs = count_macs(split_model(traced, point)[0], torch.zeros(1, *backbone.input_size))
                 for method in args.methods.split(","):
                     name = f"{split}-{int(ratio)}x-{channel}-{method}"
-                    cfg = FitConfig(backbone=bb, split=split, data=str(DATA / "train.npz"), out=str(runs / name),
+                    cfg = FitConfig(backbone=bb, split=split, data=str(data / "train.npz"), out=str(runs / name),
                                     channel=ChannelConfig(channel, train_cond), ratio=ratio,
                                     preset="bottlenetpp" if method == "faithful" else "bnpp",
                                     codec_epochs=args.epochs, limit=args.train_limit, device=args.device,
                                     seed=args.seed)
-                    why = stale(runs / name, cfg, point)
+                    why = stale(cfg, point)
                     if why is not None:
                         print(f"fitting {name}: {why}", flush=True)
                         cfg.overwrite = not RunDir(runs / name).is_empty()
@@ -186,7 +137,7 @@ def main() -> int:
                     metrics = RunDir(runs / name).read_metrics()
                     seconds, last = metrics["seconds"], metrics["epochs"][-1]
                     enc = encoder_macs(run)
-                    ev = evaluate_run(EvalConfig(run=str(runs / name), data=str(DATA / "test.npz"),
+                    ev = evaluate_run(EvalConfig(run=str(runs / name), data=str(data / "test.npz"),
                                                  conditions=eval_conds, draws=2, limit=args.test_limit,
                                                  device=args.device, seed=args.seed), run=run)
                     bits = 8 if channel == "bec" else 32

@@ -20,16 +20,13 @@ drop level).
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import time
 from pathlib import Path
 
-import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-from heldout import VALIDATION_RULES, validation_images  # noqa: E402
-from rate_accuracy import commit, machine, rel  # noqa: E402  (the grid benchmark's own; benchmarks/ is sys.path[0])
+from bnpp_cli import ChannelConfig, CodecError, EvalConfig, FitConfig, evaluate_run, fit_and_measure, load_run
+from harness import (REPO, VALIDATION_RULES, Results, add_options, floats, head_macs, legend, pyplot, rel,
+                     save_figure, shared_backbone, validation_images)
 
 
 def parse() -> argparse.Namespace:
@@ -42,42 +39,30 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--train-snr", type=float, default=10.0, help="trained over PSNR >= this (dB), as the grid")
     ap.add_argument("--snr", type=float, default=20.0, help="the frontier's condition (dB)")
     ap.add_argument("--draws", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--validation", choices=VALIDATION_RULES, default="test-half",
                     help="where choices are made (see the module docstring)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--name", default="rate_frontier")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    add_options(ap, name="rate_frontier", plot_only=True)
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse()
-    from bnpp_cli.errors import CodecError
-    from bnpp_cli.files import write_json
-    from bnpp_cli.link.config import ChannelConfig
-    from bnpp_cli.run.config import FitConfig
-    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
-    from bnpp_cli.run.measure import fit_and_measure
-    from bnpp_cli.run.pipeline import load_run
-    from bnpp_cli.split.backbone import BackboneConfig
-    from bnpp_cli.split.macs import count_macs
-
-    checkpoint, data = SHARED / "models" / "resnet18_cifar10.safetensors", SHARED / "data" / "cifar10"
-    if not checkpoint.is_file():
-        sys.exit(f"{checkpoint} not found: this benchmark needs the shared model and data")
     out = Path(args.out)
+    levels = floats(args.levels)
+    if args.plot_only:
+        plot(out / f"{args.name}.png", json.loads((out / f"{args.name}.json").read_text())["frontier"], levels, args.snr)
+        return
+    bb, data = shared_backbone("resnet18_cifar10")
     runs = out / "runs" / args.name
-    val, test_npz, val_info = validation_images(args.validation, data, out, runs, args.seed)
-    levels = [float(v) for v in args.levels.split(",")]
-    t0, code_commit = time.perf_counter(), commit()
-    bb = BackboneConfig("resnet18", checkpoint=str(checkpoint), num_classes=10, img_size=32)
+    val, test_npz, val_info = validation_images(args.validation, data, runs, args.seed)
+    results = Results(out / f"{args.name}.json")
+    t0 = time.perf_counter()
     fits: list[dict] = []
     frontier: list[dict] = []
 
     def save(complete: bool) -> None:
-        write_json(out / f"{args.name}.json", {
-            "command": "python " + " ".join(sys.argv), "commit": code_commit, "machine": machine(), "seeds": [args.seed],
+        results.write({
+            "seeds": [args.seed],
             "budget": {"train_images": args.train_limit, "epochs": args.epochs, "preset": "bnpp",
                        "train_condition": f"AWGN PSNR >= {args.train_snr:g} dB"},
             "condition": {"snr_db": args.snr}, "draws": args.draws, "levels_points": levels,
@@ -96,12 +81,11 @@ def main() -> None:
                 print(f"{name}: skipped ({e})", flush=True)
                 continue
             ev = trial.evaluation
-            run = load_run(trial.run)
-            head_macs = count_macs(run.pipeline.head.eval(), torch.zeros(1, 3, 32, 32))
+            head = head_macs(load_run(trial.run))
             top1 = ev.results[0]["top1_mean"]
             row = {"name": name, "split": split, "ratio": ratio, "symbols": ev.code_symbols, "code_shape": ev.code_shape,
-                   "head_macs": head_macs, "encoder_macs": trial.encoder_macs,
-                   "device_macs": head_macs + trial.encoder_macs, "val_images": ev.images,
+                   "head_macs": head, "encoder_macs": trial.encoder_macs,
+                   "device_macs": head + trial.encoder_macs, "val_images": ev.images,
                    "val_backbone_top1": ev.backbone_top1, "val_top1": top1,
                    "val_drop": 100 * (ev.backbone_top1 - top1), "fit_seconds": trial.fit_seconds,
                    "reused": trial.reused, "run": rel(trial.run)}
@@ -140,11 +124,9 @@ def main() -> None:
 
 
 def plot(path: Path, frontier, levels, snr: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for level in levels:
         pts = sorted((r for r in frontier if r["level"] == level and r["symbols"]), key=lambda r: r["device_macs"])
@@ -159,11 +141,8 @@ def plot(path: Path, frontier, levels, snr: float) -> None:
     ax.set_ylabel(f"fewest symbols per image (AWGN PSNR {snr:g} dB)")
     ax.set_title("resnet18 / CIFAR-10 rate frontier (bnpp preset, grid budget)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    legend(ax, fontsize=8)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ fit at that split. Every fit is measured on the VALIDATION images with evaluate_
 `bnpp eval`): the bits are those of each image's own batch-1 range-coded stream (8 x the payload
 bytes, wire header excluded), not the prior's estimate (which is recorded beside them). Validation
 (--validation test-half, the default) is 5,000 images of the official test split the backbone has
-never seen (benchmarks/heldout.py); the other 5,000 are the test images. At a ratio, the sweep stops
+never seen (harness.test_halves); the other 5,000 are the test images. At a ratio, the sweep stops
 at the first lmbda whose validation drop exceeds the largest level.
 
 Ratios: every split is swept at --ratios' first ratio (16). Each further ratio (64, then 256: a smaller
@@ -37,16 +37,13 @@ drop level, log y).
 from __future__ import annotations
 
 import argparse
-import shutil
-import sys
+import json
 import time
 from pathlib import Path
 
-import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-from rate_accuracy import commit, machine, rel, stale_reason  # noqa: E402  (benchmarks/ is sys.path[0])
+from bnpp_cli import ChannelConfig, CodecError, EvalConfig, FitConfig, evaluate_run, fit_and_measure, load_run
+from harness import (REPO, VALIDATION_RULES, Results, add_options, drop_stale, floats, head_macs, pyplot, rel,
+                     save_figure, shared_backbone, validation_images)
 
 
 def parse() -> argparse.Namespace:
@@ -63,56 +60,33 @@ def parse() -> argparse.Namespace:
                     help="bits per image within which two fits count as the same rate (then the lower drop wins)")
     ap.add_argument("--train-limit", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--validation", choices=("test-half", "train-holdout"), default="test-half",
+    ap.add_argument("--validation", choices=VALIDATION_RULES, default="test-half",
                     help="where choices are made (see benchmarks/rate_frontier.py)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--name", default="rate_frontier_digital")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    ap.add_argument("--replot", action="store_true", help="only redraw <name>.png from <name>.json")
+    add_options(ap, name="rate_frontier_digital", plot_only=True)
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse()
-    if args.replot:  # the plot again from the results file, nothing fitted or evaluated
-        import json
-
-        res = json.loads((Path(args.out) / f"{args.name}.json").read_text())
-        plot(Path(args.out) / f"{args.name}.png", res["frontier"], res["levels_points"], res["fits"])
-        return
-    from bnpp_cli.errors import CodecError
-    from bnpp_cli.files import write_json
-    from bnpp_cli.link.config import ChannelConfig
-    from bnpp_cli.run.config import FitConfig
-    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
-    from bnpp_cli.run.measure import fit_and_measure
-    from bnpp_cli.run.pipeline import load_run
-    from bnpp_cli.run.rundir import RunDir
-    from bnpp_cli.split.backbone import BackboneConfig
-    from bnpp_cli.split.macs import count_macs
-
-    checkpoint, data = SHARED / "models" / "resnet18_cifar10.safetensors", SHARED / "data" / "cifar10"
-    if not checkpoint.is_file():
-        sys.exit(f"{checkpoint} not found: this benchmark needs the shared model and data")
     out = Path(args.out)
+    if args.plot_only:  # the plot again from the results file, nothing fitted or evaluated
+        res = json.loads((out / f"{args.name}.json").read_text())
+        plot(out / f"{args.name}.png", res["frontier"], res["levels_points"], res["fits"])
+        return
+    bb, data = shared_backbone("resnet18_cifar10")
     runs = out / "runs" / args.name
     cache = out / "runs" / "feature_cache"  # shared with any other benchmark's no-augment fits of this backbone
-    from heldout import validation_images
-
-    val, test_npz, val_info = validation_images(args.validation, data, out, runs, args.seed)
-    levels = [float(v) for v in args.levels.split(",")]
-    ratios = [float(r) for r in args.ratios.split(",")]
-    fallback = [float(r) for r in args.fallback_ratios.split(",") if r.strip()]
-    lmbdas = sorted(float(v) for v in args.lmbdas.split(","))
-    t0, code_commit = time.perf_counter(), commit()
-    bb = BackboneConfig("resnet18", checkpoint=str(checkpoint), num_classes=10, img_size=32)
+    val, test_npz, val_info = validation_images(args.validation, data, runs, args.seed)
+    levels, ratios, fallback = floats(args.levels), floats(args.ratios), floats(args.fallback_ratios)
+    lmbdas = sorted(floats(args.lmbdas))
+    results = Results(out / f"{args.name}.json")
+    t0 = time.perf_counter()
     fits: list[dict] = []
     frontier: list[dict] = []
 
     def save(complete: bool) -> None:
-        write_json(out / f"{args.name}.json", {
-            "command": "python " + " ".join(sys.argv), "commit": code_commit, "machine": machine(), "seeds": [args.seed],
+        results.write({
+            "seeds": [args.seed],
             "budget": {"train_images": args.train_limit, "epochs": args.epochs, "preset": "entropy",
                        "channel": "none (error-free link)", "augment": False,
                        "feature_cache": rel(cache), "ratios": ratios, "fallback_ratios": fallback, "lmbdas": lmbdas,
@@ -148,23 +122,16 @@ def main() -> None:
                                 limit=args.train_limit, codec_epochs=args.epochs, augment=False,
                                 feature_cache=str(cache), device=args.device, seed=args.seed)
                 try:
-                    if RunDir(cfg.out).finished:  # reuse only a fit of this recipe and codec
-                        saved = RunDir(cfg.out).read_config()
-                        why = stale_reason(Path(cfg.out), cfg, saved.feature_shape)
-                        why = why or (f"lmbda {saved.fit.lmbda!r}, now {lmbda!r}" if saved.fit.lmbda != lmbda else None)
-                        if why:
-                            print(f"{name}: earlier fit is stale ({why}); fitting again", flush=True)
-                            shutil.rmtree(cfg.out)
+                    drop_stale(cfg)  # reuse only a fit of this recipe (lmbda included) and codec
                     trial = fit_and_measure(cfg, str(val), None, 1)  # measured on the validation images only
                 except CodecError as e:  # a ratio this split cannot meet
                     print(f"{name}: skipped ({e})", flush=True)
                     break
                 ev = trial.evaluation
-                run = load_run(trial.run)
-                head_macs = count_macs(run.pipeline.head.eval(), torch.zeros(1, 3, 32, 32))
+                head = head_macs(load_run(trial.run))
                 row = {"name": name, "split": split, "ratio": ratio, "lmbda": lmbda, "code_shape": ev.code_shape,
-                       "code_integers": ev.code_symbols, "head_macs": head_macs, "encoder_macs": trial.encoder_macs,
-                       "device_macs": head_macs + trial.encoder_macs, "val_images": ev.images,
+                       "code_integers": ev.code_symbols, "head_macs": head, "encoder_macs": trial.encoder_macs,
+                       "device_macs": head + trial.encoder_macs, "val_images": ev.images,
                        "val_backbone_top1": ev.backbone_top1, "val_top1": ev.noiseless_top1,
                        "val_drop": 100 * (ev.backbone_top1 - ev.noiseless_top1), "val_bits": ev.bits_per_image,
                        "val_est_bits": ev.estimated_bits_per_image, "val_frame_bytes": ev.frame_bytes_per_image,
@@ -211,11 +178,9 @@ def main() -> None:
 
 
 def plot(path: Path, frontier, levels, fits=()) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if fits:  # every fit, its validation drop beside it: where the rate went at each split
         ax.scatter([r["device_macs"] / 1e6 for r in fits], [r["val_bits"] for r in fits], s=12, color="0.7",
@@ -243,9 +208,7 @@ def plot(path: Path, frontier, levels, fits=()) -> None:
     ax.set_title("resnet18 / CIFAR-10, entropy code, error-free link: fewest bits", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`bnpp search` on the shared CIFAR-10 resnet18: does the measured search find the right split and rate?
 
-Runs the library's search (bnpp_cli.run.search.search_split_rate, the code behind `bnpp search`) on
+Runs the library's search (bnpp_cli.search_split_rate, the code behind `bnpp search`) on
 ../shared/data/cifar10/train.npz (validation: the 10 % that every fit holds out), AWGN trained for
 PSNR >= 20 dB and measured at 20 dB, --max-drop 2, then touches the test split ONCE: the
 recommended candidate's run through evaluate_run on ../shared/data/cifar10/test.npz. It compares
@@ -11,7 +11,7 @@ the recommendation with the full benchmark grid (benchmarks/README.md: the earli
     python benchmarks/search_resnet18.py --name X ...    # another results name (and search directory)
     python benchmarks/search_resnet18.py --no-augment --name search_resnet18_cached \
         --compare benchmarks/results/search_resnet18.json   # fits from the feature cache, drops side by side
-    python benchmarks/search_resnet18.py --augment        # the search of results/search_resnet18.json (commit 12b7df8, augmented)
+    python benchmarks/search_resnet18.py --augment        # the search with random crop + flip in its fits
 
 The candidates' runs go to runs/search_resnet18 (not committed); a second invocation reuses them.
 """
@@ -20,46 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import torch
+from bnpp_cli import (Budget, ChannelConfig, EvalConfig, SearchConfig, evaluate_run, plot_search,
+                      search_split_rate)
+from harness import REPO, RESULTS, Results, add_options, shared_backbone
 
-from bnpp_cli.files import write_json
-from bnpp_cli.link.config import ChannelConfig
-from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
-from bnpp_cli.run.search import SearchConfig, search_split_rate
-from bnpp_cli.run.search_plot import plot_search
-from bnpp_cli.split.backbone import BackboneConfig
-from bnpp_cli.split.profile import Budget
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 GRID_EARLIEST = {"split": "layer3", "device_macs": 29.6e6, "source": "benchmarks/README.md full grid, bnpp-best "
                  "64x AWGN 20 dB test drop 0.89 (10,000 images x 3 epochs)"}
 
 
-def machine() -> dict:
-    return {"cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except Exception:
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--name", default="search_resnet18")
     ap.add_argument("--splits", default="layer1,layer2,layer3,layer4")
     ap.add_argument("--ratios", default="16,64,256")
     ap.add_argument("--max-drop", type=float, default=2.0)
@@ -76,16 +50,13 @@ def main() -> None:
                     help="a results JSON of the same search with augmentation: per-candidate validation drops side by side")
     ap.add_argument("--no-test", dest="test", action="store_false",
                     help="do not evaluate the recommendation on the test split (a timing re-run)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    add_options(ap, out=RESULTS, name="search_resnet18")
     args = ap.parse_args()
 
-    data, model = SHARED / "data" / "cifar10", SHARED / "models" / "resnet18_cifar10.safetensors"
-    if not (data / "train.npz").is_file() or not model.is_file():
-        sys.exit(f"needs {data}/train.npz and {model}")
+    backbone, data = shared_backbone("resnet18_cifar10")
     out = REPO / "runs" / args.name
     config = SearchConfig(
-        backbone=BackboneConfig("resnet18", checkpoint=str(model), num_classes=10, img_size=32),
+        backbone=backbone,
         data=str(data / "train.npz"), out=str(out), channel=ChannelConfig("awgn", args.snr),
         splits=args.splits.split(","), rates=[float(r) for r in args.ratios.split(",")], max_drop=args.max_drop,
         budget=Budget(), first_images=args.first_images, first_epochs=args.first_epochs, eta=args.eta,
@@ -114,8 +85,7 @@ def main() -> None:
                 "drop": 100 * (ev.backbone_top1 - top1), "top1_draws": ev.results[0]["top1"],
                 "noiseless_top1": ev.noiseless_top1}
     summary = {
-        "command": " ".join(["python", "benchmarks/search_resnet18.py", *sys.argv[1:]]), "commit": commit(),
-        "machine": machine(), "seed": args.seed, "search_seconds": search_s, "search": result.to_dict(),
+        "seed": args.seed, "search_seconds": search_s, "search": result.to_dict(),
         "test": test, "grid_earliest_within_2": GRID_EARLIEST,
         "checks": None if rec is None or test is None else {
             "test_drop_within_max_drop": test["drop"] <= args.max_drop,
@@ -137,9 +107,8 @@ def main() -> None:
         for p in pairs:
             print(f"{p['name']}: val drop {p['val_drop']:.2f} here, {p['other_val_drop']:.2f} there; "
                   f"fit {p['fit_seconds']:.0f} s vs {p['other_fit_seconds']:.0f} s")
-    results = REPO / "benchmarks" / "results"
-    write_json(results / f"{args.name}.json", summary)
-    plot_search(result, str(results / f"{args.name}.png"))
+    Results(Path(args.out) / f"{args.name}.json").write(summary)
+    plot_search(result, str(Path(args.out) / f"{args.name}.png"))
     print(f"search {search_s / 60:.1f} min; recommendation {rec}; test {test}; note: {result.recommendation['note']}")
 
 

@@ -8,14 +8,14 @@ AWGN symbols) and against the true channel SNR from 0 to 30 dB, for:
       repeatable: bits measured from the real batch-1 bitstream) under an ideal channel code at capacity
       designed for 10 or 20 dB: channel uses = bits / C(design), C = 0.5 log2(1 + SNR); error-free top-1
       at or above the design SNR, chance (1 / classes) below it (the cliff), and under Rayleigh block
-      fading of that mean SNR the outage-weighted top-1 (link.capacity);
+      fading of that mean SNR the outage-weighted top-1 (bnpp_cli.channel_uses, outage, rayleigh_outage);
   (c) the 8-bit fixed-length code under the same ideal channel code (its top-1 is the rate-accuracy
       grid's BEC p = 0.01 figure: a slight underestimate of its error-free top-1);
-  (d) JPEG of the input image at its measured size (PIL, run.baselines.measure_images), same code;
+  (d) JPEG of the input image at its measured size (PIL, bnpp_cli.measure_images), same code;
   and the floor: log2(classes) bits (the label itself) under that code.
 
     python benchmarks/separate_vs_joint.py --entropy layer3=E.json [--entropy ...] --analog layer3=A.json [...] \
-        --checkpoint /work/shared/models/resnet18_cifar10.safetensors --data /work/shared/data/cifar10/test.npz
+        [--checkpoint ../shared/models/resnet18_cifar10.safetensors --data ../shared/data/cifar10/test.npz]
 
 Writes benchmarks/results/separate_vs_joint.json (command, commit, machine, inputs, rows, a table per
 split in markdown) and a plot beside it; prints the tables.
@@ -26,18 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bnpp_cli import BackboneConfig, load_backbone, load_dataset
-from bnpp_cli.link import capacity
-from bnpp_cli.run.baselines import measure_images
-from rate_accuracy import commit  # noqa: E402  (the grid benchmark's own; benchmarks/ is sys.path[0])
+from bnpp_cli import (BackboneConfig, channel_uses, expected_top1, load_backbone, load_dataset, measure_images, outage,
+                      rayleigh_outage)
+from harness import SHARED, SHARED_MODELS, Results, add_options, pyplot, save_figure
 
 DESIGNS_DB = (10.0, 20.0)
 TRUE_DB = tuple(float(s) for s in range(0, 31))
@@ -49,11 +45,11 @@ def separate_rows(split: str, scheme: str, bits: float, top1: float, classes: in
     """One row per design SNR: channel uses, and top-1 against the true SNR (AWGN, Rayleigh mean)."""
     rows = []
     for design in DESIGNS_DB:
-        awgn = {f"{s:g}": (top1 if not capacity.outage("awgn", design, s) else 1.0 / classes) for s in TRUE_DB}
-        rayleigh = {f"{s:g}": capacity.expected_top1(top1, classes, capacity.rayleigh_outage(design, s))
+        awgn = {f"{s:g}": (top1 if not outage("awgn", design, s) else 1.0 / classes) for s in TRUE_DB}
+        rayleigh = {f"{s:g}": expected_top1(top1, classes, rayleigh_outage(design, s))
                     for s in TRUE_DB}
         rows.append({"split": split, "scheme": scheme, "kind": "separate", "design_snr_db": design,
-                     "bits_per_image": bits, "channel_uses": capacity.channel_uses(bits, "awgn", design),
+                     "bits_per_image": bits, "channel_uses": channel_uses(bits, "awgn", design),
                      "top1_error_free": top1, "top1_awgn": awgn, "top1_rayleigh_mean_snr": rayleigh, **extra})
     return rows
 
@@ -105,11 +101,15 @@ def main() -> None:
                     help="SPLIT=path of an analog AWGN run's `bnpp eval --snr 0,5,...,30 --json`")
     ap.add_argument("--rate-accuracy", default="benchmarks/results/rate_accuracy.json",
                     help="the grid's results (its 8-bit fixed-length bnpp-best rows)")
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", required=True, help="test images (.npz)")
+    ap.add_argument("--checkpoint", default=str(SHARED / "models" / SHARED_MODELS["resnet18_cifar10"].file))
+    ap.add_argument("--data", default=str(SHARED / "data" / "cifar10" / "test.npz"), help="test images (.npz)")
     ap.add_argument("--jpeg-images", type=int, default=10000)
-    ap.add_argument("--out", default="benchmarks/results/separate_vs_joint.json")
+    add_options(ap, out="benchmarks/results/separate_vs_joint.json", out_help="results file (JSON; the plot beside it)",
+                seed=False, device=False, plot_only=True)
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return
     t0 = time.time()
     grid = json.loads(Path(args.rate_accuracy).read_text())
     entropy, analog = pairs(args.entropy, "--entropy"), pairs(args.analog, "--analog")
@@ -154,9 +154,7 @@ def main() -> None:
                 rows += separate_rows(split, f"8-bit fixed {r['ratio']:g}x", r["payload_bits"], r["top1"], classes,
                                       {"ratio": r["ratio"], "top1_note": "measured through BEC p = 0.01"})
     tables = {split: table(rows, split) for split in splits}
-    out = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "commit": commit(),
-           "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                       "platform": platform.platform(), "torch": torch.__version__}, "seeds": [0],
+    out = {"seeds": [0],
            "backbone_top1_jpeg_images": jpeg["backbone_val_top1"], "jpeg_images": jpeg["images"],
            "rate_accuracy_source": {"file": args.rate_accuracy, "commit": grid.get("commit"), "epochs": grid.get("epochs"),
                                     "train_limit": grid.get("train_limit")},
@@ -167,18 +165,16 @@ def main() -> None:
                            "outage": "true SNR below the design SNR: the image's bits are lost, top-1 = 1 / classes",
                            "rayleigh": "block fading, P_out = 1 - exp(-SNR_design / SNR_mean)"},
            "wall_seconds": time.time() - t0, "tables_md": tables, "rows": rows}
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    Results(Path(args.out)).write(out)
     plot(out, Path(args.out).with_suffix(".png"))
     for t in tables.values():
         print(t + "\n")
 
 
 def plot(out: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     splits = sorted({r["split"] for r in out["rows"]})
     fig, axes = plt.subplots(len(splits), 2, figsize=(13, 4.6 * len(splits)), dpi=110, squeeze=False)
     for i, split in enumerate(splits):
@@ -225,9 +221,7 @@ def plot(out: dict, path: Path) -> None:
         right.set_title("the cliff: an ideal code below its design SNR; the analog code degrades")
         right.grid(alpha=0.3)
         right.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import shutil
@@ -43,31 +42,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from bnpp_cli import (BackboneConfig, ChannelConfig, EdgeClient, FitConfig, Request, ServeError, encode_request,
+                      export_halves, fit_codec, load_pair)
+from harness import RESULTS, Results, add_options, provenance
+
 LOOPBACK = "127.0.0.1"
 ROLES = ("good", "garbage", "cut", "http", "slow")
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine() -> dict:
-    return {"cores": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
-            "platform": platform.platform(), "python": platform.python_version(), "commit": commit()}
-
-
 def tiny_deploy(root: Path, seed: int) -> Path:
     """Fit and export a tiny run through the public API (seconds on a CPU)."""
-    from bnpp_cli.deploy.export import export_halves
-    from bnpp_cli.link.config import ChannelConfig
-    from bnpp_cli.run.fit import FitConfig, fit_codec
-    from bnpp_cli.split.backbone import BackboneConfig
-
     rng = np.random.default_rng(seed)
     data = root / "train.npz"
     np.savez(data, x=rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8), y=np.arange(48) % 10)
@@ -178,10 +162,6 @@ def _reference(edge, frame: bytes) -> dict[str, float]:
 
 def good_client(port: int, frames: list[tuple[bytes, dict]], done: threading.Event, tally: Tally,
                 rng: random.Random) -> None:
-    from bnpp_cli.deploy.client import EdgeClient
-    from bnpp_cli.deploy.protocol import Request
-    from bnpp_cli.errors import ServeError
-
     client = EdgeClient(LOOPBACK, port, timeout_s=10.0)
     while not done.is_set():
         frame, ref = frames[rng.randrange(len(frames))]
@@ -262,18 +242,16 @@ def run(args) -> dict:
 
 
 def measure(args, work: Path) -> dict:
-    from bnpp_cli.deploy.halves import load_device_dir, load_edge_dir
-    from bnpp_cli.deploy.protocol import MAGIC, Request, encode_request
-
     torch.manual_seed(args.seed)
     deploy = args.deploy or tiny_deploy(work, args.seed)
-    device, edge = load_device_dir(deploy), load_edge_dir(deploy)
+    device, edge = load_pair(deploy)
     g = torch.Generator().manual_seed(args.seed)
     with torch.inference_mode():
         frames = [device.compress(torch.randn(1, 3, *device.meta["data_config"]["input_size"][1:], generator=g))
                   for _ in range(16)]
     frames = [(f, _reference(edge, f)) for f in frames]
     request = encode_request(frames[0][0], Request(topk=3))
+    magic = request[:4]  # every request starts with the protocol's 4-byte magic
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         port = s.getsockname()[1]
@@ -287,7 +265,7 @@ def measure(args, work: Path) -> dict:
         for k in range(n):
             rng = random.Random(args.seed * 1000 + len(threads))
             target = (good_client, (port, frames, done, tally, rng)) if role == "good" else \
-                (fault_client, (role, port, request, done, tally, rng, MAGIC))
+                (fault_client, (role, port, request, done, tally, rng, magic))
             threads.append(threading.Thread(target=target[0], args=target[1], daemon=True))
     for t in threads:
         t.start()
@@ -306,8 +284,7 @@ def measure(args, work: Path) -> dict:
     pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
     counts = tally.counts
     return {
-        "benchmark": "serve_faults", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "machine": machine(), "seed": args.seed, "deploy": str(deploy) if args.deploy else "tiny test_resnet run",
+        "benchmark": "serve_faults", "seed": args.seed, "deploy": str(deploy) if args.deploy else "tiny test_resnet run",
         "settings": {"seconds": args.seconds, "read_timeout_s": args.read_timeout, "clients": {
             r: getattr(args, r) for r in ROLES}, "client_timeout_s": 10.0},
         "requests": sum(c["attempts"] for c in counts.values()),
@@ -330,15 +307,14 @@ def main() -> None:
     ap.add_argument("--read-timeout", type=float, default=2.0, help="the server's --read-timeout (slow clients)")
     for role, n in (("good", 8), ("garbage", 4), ("cut", 4), ("http", 2), ("slow", 2)):
         ap.add_argument(f"--{role}", type=int, default=n, help=f"{role} client threads")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_faults.json")
+    add_options(ap, out=RESULTS / "serve_faults.json", out_help="results file (JSON)", device=False)
     args = ap.parse_args()
+    m = provenance()["machine"]  # the load average before the run
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    Results(Path(args.out)).write(result)
     c = result["counts"]
-    print(f"{result['requests']} requests in {args.seconds:g} s ({result['machine']['cores']} cores, load "
-          f"{result['machine']['load_average_1m']}): {result['good_answered']} good answered correctly, "
+    print(f"{result['requests']} requests in {args.seconds:g} s ({m['cores']} cores, load "
+          f"{m['load_average_1m']}): {result['good_answered']} good answered correctly, "
           f"{result['wrong_answers']} wrong, {result['refusals']} refused, {result['hangs']} hangs")
     print("  " + ", ".join(f"{r}: {v['attempts']} ({v['answered']} ok, {v['refused']} refused, {v['closed']} closed)"
                            for r, v in c.items()))

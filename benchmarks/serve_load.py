@@ -6,8 +6,8 @@ without micro-batching (2 ms window / 32 images vs none):
 
   bnpp      the device runs head + encoder and sends the code z as a wire frame; the edge runs
             the simulated air interface (PSNR --snr dB, per image as `bnpp predict`), decoder + tail
-  feature   the device runs the head and sends the raw float32 feature f as a wire frame;
-            the edge runs the tail
+  feature   the device runs the head and sends the raw float32 feature f (a 4-byte length, then
+            the float32 bytes); the edge runs the tail
   jpeg      the device sends the image as JPEG (PIL, quality 90); the edge decodes it and runs the
             whole model (head + tail of the same export: the uncut backbone)
 
@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import math
-import os
-import platform
 import signal
 import struct
 import subprocess
@@ -45,61 +42,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+from bnpp_cli import (Backend, BatchTransform, BnppBackend, Request, ServeConfig, ServeError, encode_request,
+                      load_device, load_edge, run_server)
+from harness import RESULTS, SHARED, Results, add_options, decode_jpeg, encode_jpeg, provenance
+
 LOOPBACK = "127.0.0.1"
 MODES = ("bnpp", "feature", "jpeg")
 JPEG_QUALITY = 90  # PIL's default is 75; 90 keeps the classifier's accuracy close to the raw image's
 MAX_JPEG_BYTES = 2**20  # the JPEG server's frame bound
 
 
-def machine() -> dict:
-    return {"cores": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
-            "platform": platform.platform(), "python": platform.python_version(), "commit": commit()}
-
-
-def commit() -> str:
-    """HEAD's commit, read from .git without running git."""
-    git = REPO / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head[:12]
-        ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()[:12]
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0][:12]
-    except OSError:
-        pass
-    return "unknown"
-
-
 # ---- the edge side of each option (runs in the server process) -------------------------------------
-def make_backend(mode: str, deploy: Path, max_images: int):
-    from bnpp_cli.link import wire
-    from bnpp_cli.errors import ServeError
-    from bnpp_cli.deploy.halves import load_device, load_edge
-    from bnpp_cli.deploy.server import Backend, BnppBackend
+class LengthPrefixed(Backend):
+    """A body of one image: a 4-byte little-endian length, then that many bytes."""
 
+    max_images = 1
+
+    async def read_body(self, readexactly):
+        (length,) = struct.unpack("<I", await readexactly(4))
+        if length > self.max_body_bytes:
+            raise ServeError(f"a body of {length} bytes is over the limit of {self.max_body_bytes}")
+        return await readexactly(length)
+
+    def count_images(self, body):
+        return 1
+
+
+def make_backend(mode: str, deploy: Path, max_images: int):
     edge = load_edge(deploy / "edge.safetensors")
     if mode == "bnpp":
         return BnppBackend(edge, max_images)
 
-    class FeatureBackend(Backend):
-        """Raw float32 feature frames -> tail."""
+    class FeatureBackend(LengthPrefixed):
+        """Raw float32 feature bytes -> tail."""
 
         def __init__(self):
-            self.classes, self.max_images = edge.classes, max_images
+            self.classes = edge.classes
             self.feature_shape = tuple(edge.meta["feature_shape"])
-            self.max_body_bytes = wire.header_length(4) + max_images * 4 * math.prod(self.feature_shape)
+            self.max_body_bytes = 4 * math.prod(self.feature_shape)
 
         def prepare(self, body, request):
-            frame, f = wire.decode(body, expected_pair_id=edge.pair_id)
-            if tuple(frame.shape[1:]) != self.feature_shape or frame.kind != "analog":
-                raise ServeError(f"frame shape {frame.shape} is not (N, {self.feature_shape})")
-            return f, torch.zeros(f.shape[0], dtype=torch.float64)
+            if len(body) != self.max_body_bytes:
+                raise ServeError(f"a feature of {len(body)} bytes is not float32 {self.feature_shape}")
+            f = torch.frombuffer(bytearray(body), dtype=torch.float32).view(1, *self.feature_shape)
+            return f, torch.zeros(1, dtype=torch.float64)
 
         def forward(self, inputs, params):
             return edge.tail(inputs)
@@ -107,39 +93,22 @@ def make_backend(mode: str, deploy: Path, max_images: int):
     if mode == "feature":
         return FeatureBackend()
 
-    from PIL import Image
-
-    from bnpp_cli.data.batching import BatchTransform
-
     head = load_device(deploy / "device.safetensors").head
     dc = edge.meta["data_config"]
     transform = BatchTransform(dc["mean"], dc["std"], augment=False)
     size = tuple(dc["input_size"][1:])
 
-    class JpegBackend(Backend):
-        """A 4-byte length + JPEG bytes -> decode -> the whole model (head + tail)."""
+    class JpegBackend(LengthPrefixed):
+        """JPEG bytes -> decode -> the whole model (head + tail)."""
 
         def __init__(self):
-            self.classes, self.max_images, self.max_body_bytes = edge.classes, 1, MAX_JPEG_BYTES
-
-        async def read_body(self, readexactly):
-            (length,) = struct.unpack("<I", await readexactly(4))
-            if length > self.max_body_bytes:
-                raise ServeError(f"JPEG of {length} bytes is over the limit of {self.max_body_bytes}")
-            return await readexactly(length)
-
-        def count_images(self, body):
-            return 1
+            self.classes, self.max_body_bytes = edge.classes, MAX_JPEG_BYTES
 
         def prepare(self, body, request):
             try:
-                with Image.open(io.BytesIO(body)) as im:
-                    if im.format != "JPEG" or im.size[0] * im.size[1] > 4 * size[0] * size[1]:
-                        raise ServeError(f"not a JPEG of at most 4x {size} pixels")
-                    rgb = np.asarray(im.convert("RGB").resize(size[::-1]) if im.size != size[::-1]
-                                     else im.convert("RGB"))
-            except (OSError, ValueError) as e:
-                raise ServeError(f"cannot decode the JPEG: {e}") from None
+                rgb = decode_jpeg(body, size)
+            except ValueError as e:
+                raise ServeError(str(e)) from None
             x = transform(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None])
             return x, torch.zeros(1, dtype=torch.float64)
 
@@ -151,8 +120,6 @@ def make_backend(mode: str, deploy: Path, max_images: int):
 
 def serve_role(args) -> None:
     """Child process: one option's server until SIGTERM; prints its port, then its counters."""
-    from bnpp_cli.deploy.server import ServeConfig, run_server
-
     torch.set_num_threads(args.threads)
     config = ServeConfig(deploy_dir=str(args.deploy), port=0, max_batch=args.max_batch,
                          batch_window_ms=args.window_ms, max_images=32)
@@ -164,12 +131,6 @@ def serve_role(args) -> None:
 # ---- the device side (this process) -----------------------------------------------------------------
 def encode_payloads(deploy: Path, x_uint8: np.ndarray, snr_db: float) -> dict:
     """Per option: request body per image, device ms per image (median, one thread)."""
-    from PIL import Image
-
-    from bnpp_cli.link import wire
-    from bnpp_cli.data.batching import BatchTransform
-    from bnpp_cli.deploy.halves import load_device
-
     device = load_device(deploy / "device.safetensors")
     dc = device.meta["data_config"]
     transform = BatchTransform(dc["mean"], dc["std"], augment=False)
@@ -183,11 +144,11 @@ def encode_payloads(deploy: Path, x_uint8: np.ndarray, snr_db: float) -> dict:
             out["bnpp"]["bodies"].append(device.payload(z))
             t1 = time.perf_counter()
             f = device.head(transform(torch.from_numpy(img).permute(2, 0, 1)[None]))
-            out["feature"]["bodies"].append(wire.encode_analog(f, device.pair_id))
+            raw = f.contiguous().numpy().astype("<f4").tobytes()
+            out["feature"]["bodies"].append(struct.pack("<I", len(raw)) + raw)
             t2 = time.perf_counter()
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=JPEG_QUALITY)
-            out["jpeg"]["bodies"].append(struct.pack("<I", buf.tell()) + buf.getvalue())
+            jpeg = encode_jpeg(img, JPEG_QUALITY)
+            out["jpeg"]["bodies"].append(struct.pack("<I", len(jpeg)) + jpeg)
             t3 = time.perf_counter()
             for mode, ms in zip(MODES, (t1 - t0, t2 - t1, t3 - t2)):
                 out[mode]["device_ms"].append(1e3 * ms)
@@ -269,15 +230,13 @@ def main() -> None:
     ap.add_argument("--mbps", type=float, default=10.0, help="uplink rate for the transfer-time column")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads of each server")
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
+    add_options(ap, out=RESULTS / "serve_load.json", out_help="results file (JSON)", seed=False, device=False)
     ap.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--max-batch", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--window-ms", type=float, default=2.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         return serve_role(args)
-
-    from bnpp_cli.deploy.protocol import Request, encode_request
 
     torch.set_num_threads(1)
     data = np.load(args.data)
@@ -298,19 +257,18 @@ def main() -> None:
             rows.append(row)
             print(f"  {mode:8s} batching {row['micro_batching']:9s}: {row['images_per_s']:8.1f} img/s, "
                   f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms", file=sys.stderr)
-    result = {"benchmark": "serve_load", "machine": machine(), "deploy": str(args.deploy),
+    result = {"benchmark": "serve_load", "deploy": str(args.deploy),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                            if k not in ("serve", "max_batch", "window_ms")},
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result)
+    Results(Path(args.out)).write(result)
+    print_table({**result, "machine": provenance()["machine"], "commit": provenance()["commit"]})
     print(f"\nwritten: {args.out}")
 
 
 def print_table(result: dict) -> None:
     m, s = result["machine"], result["settings"]
-    print(f"{m['cores']} cores (1-min load {m['load_average_1m']} at start), torch {m['torch']}, commit {m['commit']}; "
+    print(f"{m['cores']} cores (1-min load {m['load_average_1m']} at start), torch {m['torch']}, commit {result['commit']}; "
           f"{s['clients']} devices x {s['seconds']:g} s per row on loopback, server threads {s['threads']}")
     head = ("option", "batching", "img/s", "p50 ms", "p99 ms", "B/image", f"ms @{s['mbps']:g}Mb/s",
             "device ms", "mean batch", "top-1", "errors")

@@ -35,16 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-from rate_accuracy import commit, machine, rel, stale_reason  # noqa: E402  (benchmarks/ is sys.path[0])
+from bnpp_cli import ChannelConfig, FitConfig, fit_and_measure, load_run
+from harness import (VALIDATION_RULES, Results, add_options, drop_stale, floats, legend, pyplot, rel, save_figure,
+                     shared_backbone, test_halves)
 
 
 def parse() -> argparse.Namespace:
@@ -55,71 +52,43 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--variable-ratio", type=float, default=16.0, help="the variable code's largest length: elements / ratio")
     ap.add_argument("--fixed-ratios", default="64,32,16", help="fixed-length models' bandwidth ratios")
     ap.add_argument("--no-specialists", action="store_true", help="skip the per-condition fixed-length models")
-    ap.add_argument("--validation", choices=("test-half", "train-holdout"), default="test-half",
+    ap.add_argument("--validation", choices=VALIDATION_RULES, default="test-half",
                     help="where choices are made (see the module docstring)")
     ap.add_argument("--train-limit", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--draws", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-limit", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--name", default="variable_length")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    add_options(ap, name="variable_length", plot_only=True)
     return ap.parse_args()
-
-
-def dirty_sources() -> list[str]:
-    """Files under src/ that differ from the recorded commit when the benchmark starts (a shared checkout)."""
-    try:
-        out = subprocess.check_output(["git", "status", "--porcelain", "--", "src"], cwd=REPO, text=True)
-    except Exception:
-        return ["unknown"]
-    return [line[3:] for line in out.splitlines()]
 
 
 def fit_fresh(cfg, test_npz: Path, conditions, args):
     """fit_and_measure, after removing a finished run that another recipe, codec or validation set made."""
-    from bnpp_cli.run.measure import fit_and_measure
-    from bnpp_cli.run.rundir import RunDir
-
-    run_dir = RunDir(cfg.out)
-    if run_dir.finished:
-        saved = run_dir.read_config()
-        why = stale_reason(Path(cfg.out), cfg, saved.feature_shape)
-        if why is None and saved.fit.val_data != cfg.val_data:
-            why = f"val_data {saved.fit.val_data!r}, now {cfg.val_data!r}"
-        if why:
-            print(f"{Path(cfg.out).name}: earlier fit is stale ({why}); fitting again", flush=True)
-            shutil.rmtree(cfg.out)
+    drop_stale(cfg)
     return fit_and_measure(cfg, str(test_npz), conditions, args.draws, limit=args.test_limit)
 
 
 def main() -> None:
     args = parse()
-    from bnpp_cli.link.config import ChannelConfig
-    from bnpp_cli.run.config import FitConfig
-    from bnpp_cli.run.pipeline import load_run
-    from bnpp_cli.split.backbone import BackboneConfig
-
-    checkpoint, data = SHARED / "models" / "resnet18_cifar10.safetensors", SHARED / "data" / "cifar10"
-    if not checkpoint.is_file():
-        sys.exit(f"{checkpoint} not found: this benchmark needs the shared model and data")
-    lo, hi = (float(v) for v in args.snr.split(":"))
-    conditions = [float(v) for v in args.conditions.split(",")]
     out = Path(args.out)
+    if args.plot_only:
+        doc = json.loads((out / f"{args.name}.json").read_text())
+        plot(out / f"{args.name}.png", doc["rows"], doc["models"], doc["comparison"]["fixed_of_equal_worst_case"],
+             doc["validation"])
+        return
+    bb, data = shared_backbone("resnet18_cifar10")
+    lo, hi = (float(v) for v in args.snr.split(":"))
+    conditions = floats(args.conditions)
     runs = out / "runs" / args.name / args.validation
     if args.validation == "test-half":
-        from heldout import test_halves
-
         # the same halves for every fit seed
-        val, test_npz, val_info = test_halves(data / "test.npz", out / "runs" / "heldout", seed=0)
+        val, test_npz, val_info = test_halves(data / "test.npz", seed=0)
         val_data = str(val)
     else:
         test_npz, val_data = data / "test.npz", None
         val_info = {"source": "held out of train.npz (val_fraction 0.1, seed 0), seen by the backbone in its training"}
-    state = {"t0": time.perf_counter(), "commit": commit(), "dirty": dirty_sources(), "validation": {
-        "choice": args.validation, **val_info}}
-    bb = BackboneConfig("resnet18", checkpoint=str(checkpoint), num_classes=10, img_size=32)
+    state = {"t0": time.perf_counter(), "results": Results(out / f"{args.name}.json"),
+             "validation": {"choice": args.validation, **val_info}}
     rows, summary = [], {}
 
     def fit(name: str, preset: str, ratio: float, train, evaluate_at) -> dict:
@@ -209,22 +178,17 @@ def compare(summary: dict, rows: list, specialists: list) -> dict:
 
 
 def write(out: Path, args, state: dict, rows, summary, verdict, complete: bool) -> None:
-    from bnpp_cli.files import write_json
-
-    doc = {"command": "python " + " ".join(sys.argv), "commit": state["commit"], "uncommitted_sources": state["dirty"],
-           "machine": machine(), "seeds": [args.seed], "split": args.split, "channel": "awgn",
+    doc = {"seeds": [args.seed], "split": args.split, "channel": "awgn",
            "train_range_db": args.snr, "train_limit": args.train_limit, "epochs": args.epochs, "draws": args.draws,
            "validation": state["validation"], "wall_seconds": time.perf_counter() - state["t0"], "complete": complete,
            "models": summary, "rows": rows, "comparison": verdict}
-    write_json(out / f"{args.name}.json", doc)
+    state["results"].write(doc)
 
 
 def plot(path: Path, rows, summary, match: str, validation: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     for name in (n for n in summary if not n.startswith("specialist-")):
         rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["snr_db"])
@@ -244,11 +208,9 @@ def plot(path: Path, rows, summary, match: str, validation: dict) -> None:
     a2.set_yscale("log", base=2)
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
     fig.suptitle(f"resnet18 / CIFAR-10: variable-length vs fixed-length codes (AWGN; choices on {validation['choice']})")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
