@@ -56,3 +56,31 @@ def test_pretrained_offline_is_a_clear_error():
     assert r.returncode == 2
     assert "could not fetch pretrained weights for 'test_resnet'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_bsc_takes_flip_and_refuses_erasure_with_a_hint(tmp_path):
+    base = ["fit", "test_resnet", "--split", "layer2", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "r")]
+    out = _error(base + ["--channel", "bsc", "--erasure", "0.01"])
+    assert "Error: --erasure does not apply to the channel 'bsc' (--erasure is for bec)" in out
+    assert "Hint: use --flip" in out
+    out = _error(base + ["--channel", "bec", "--flip", "0.01"])
+    assert "Error: --flip does not apply to the channel 'bec' (--flip is for bsc)" in out and "Hint: use --erasure" in out
+    assert "--flip '0.1:0.01': a range A:B goes from low to high" in _error(base + ["--channel", "bsc", "--flip",
+                                                                                    "0.1:0.01"])
+    assert "flip probability 0.9 is out of range for bsc" in _error(base + ["--channel", "bsc", "--flip", "0.9"])
+    assert "give one condition, not --snr and --flip" in _error(base + ["--snr", "10", "--flip", "0.01"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_library_errors_name_settings_and_the_cli_shows_flags():
+    from bnpp_cli import BackboneConfig, load_backbone
+    from bnpp_cli.cli.options import FLAGS, render
+    from bnpp_cli.errors import ModelError
+
+    try:
+        load_backbone(BackboneConfig("test_resnet", img_size=-3))
+    except ModelError as e:
+        assert str(e) == "`img_size` -3 is out of range" and render(str(e)) == "--img-size -3 is out of range"
+    assert render("`top_k` 0 and `snr_db`, `flip`, `erasure`; `not_a_setting`") == \
+        "--top 0 and --snr, --flip, --erasure; `not_a_setting`"
+    assert all(flag.startswith("--") for flag in FLAGS.values())

@@ -165,11 +165,16 @@ def test_predict_refuses_the_other_channels_condition(tmp_path, fitted):
     assert "use --snr" in r.output
 
 
-def test_erasure_flag_drives_every_digital_channel(tmp_path, fitted):
+def test_flip_flag_drives_bsc_and_erasure_is_refused_with_a_hint(tmp_path, fitted):
     export_halves(fitted(channel="bsc", condition=0.01).run, tmp_path / "deploy")
     img = tmp_path / "i.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
-    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--erasure", "0.05"])
+    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--flip", "0.05"])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--erasure", "0.05"])
+    assert r.exit_code == 2 and "--erasure does not apply to this export's channel 'bsc' (--erasure is for bec)" \
+        in r.output and "Hint: use --flip" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--snr", "10"])
     assert r.exit_code == 2 and "--snr does not apply to this export's channel 'bsc'" in r.output
+    r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--snr", "10", "--flip", "0.1"])
+    assert r.exit_code == 2 and "give one condition, not --snr and --flip" in r.output

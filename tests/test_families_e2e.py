@@ -117,7 +117,7 @@ def _serve_two_requests(deploy, paths, condition: float, seed: int):
 def test_fit_eval_export_predict_serve_at_each_layout(tmp_path, family, name, kwargs, size, kinds):
     from bnpp_cli.deploy.export import export_halves
     from bnpp_cli.deploy.halves import load_device, load_pair
-    from bnpp_cli.deploy.predict import predict, prepare_images
+    from bnpp_cli.deploy.predict import PredictConfig, predict, prepare_images
     from bnpp_cli.link.config import ChannelConfig
     from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
     from bnpp_cli.run.fit import FitConfig, fit_codec
@@ -150,7 +150,7 @@ def test_fit_eval_export_predict_serve_at_each_layout(tmp_path, family, name, kw
 
         export = export_halves(out / "run", out / "deploy")
         assert export.code_shape == list(codec.code_shape), where
-        local = predict(out / "deploy", paths, topk=10, seed=3)  # noiseless: the pipeline's answer exactly
+        local = predict(PredictConfig(str(out / "deploy"), top_k=10, seed=3), paths).predictions  # noiseless: the pipeline's answer exactly
         pipeline = run.pipeline.eval()
         with torch.no_grad():
             x = prepare_images(load_device(out / "deploy" / "device.safetensors"), paths)
@@ -162,7 +162,7 @@ def test_fit_eval_export_predict_serve_at_each_layout(tmp_path, family, name, kw
             got = dict(loc.top)
             assert np.allclose([got[c] for c in names], row.numpy(), rtol=0, atol=1e-5), where
 
-        noisy = predict(out / "deploy", paths, condition=20.0, topk=10, seed=3)
+        noisy = predict(PredictConfig(str(out / "deploy"), condition=20.0, top_k=10, seed=3), paths).predictions
         remote = _serve_two_requests(out / "deploy", paths, 20.0, 3)
         for rem, loc in zip(remote, noisy):
             assert [c for c, _ in rem] == [c for c, _ in loc.top], where

@@ -21,7 +21,7 @@ from bnpp_cli.data.batching import BatchTransform
 from bnpp_cli.deploy.export import export_halves
 from bnpp_cli.deploy.halves import load_device
 from bnpp_cli.link import wire
-from bnpp_cli.deploy.predict import predict
+from bnpp_cli.deploy.predict import PredictConfig, predict
 from bnpp_cli.errors import ChannelError, CodecError, ConfigError, RunError
 from bnpp_cli.link.channels import CHANNELS, create_channel, list_channels
 from bnpp_cli.link.config import ChannelConfig, select_condition
@@ -100,36 +100,42 @@ def test_run_dir_is_the_only_reader_and_says_what_is_missing(fitted, tmp_path):
 # -- the link owns its conditions ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list_channels())
-def test_every_channel_names_its_condition_flag_and_unit(name):
+def test_every_channel_names_its_condition_and_unit(name):
     ch = create_channel(name)
-    expected_flag = {"none": None, "bec": "--erasure", "bsc": "--erasure"}.get(name, "--snr")
-    assert ch.condition_flag == expected_flag
-    assert ch.condition_unit == ("dB" if expected_flag == "--snr" else "")
+    expected = {"none": None, "bec": "erasure", "bsc": "flip"}.get(name, "snr_db")
+    assert ch.condition_name == expected and not hasattr(ch, "condition_flag")  # flags are the CLI's
+    assert ch.condition_unit == ("dB" if expected == "snr_db" else "")
     for value in ch.default_eval_conditions:
         ch.param_from_condition(value)  # every default evaluation condition is valid
-    if expected_flag == "--snr":
+    if expected == "snr_db":
         assert ch.format_condition(20.0) == "PSNR 20 dB" and ch.format_train_condition() == "PSNR 20 dB to noiseless"
         assert ch.default_eval_conditions[0] == 0.0 and ch.default_eval_conditions[-1] == 30.0
-    elif expected_flag == "--erasure":
+    elif expected is not None:
         assert ch.format_condition(0.01) == "p = 0.01" and ch.format_train_condition() == "p 0 to 0.01"
 
 
-def test_select_condition_names_the_right_flag():
+def test_select_condition_names_the_right_condition():
     awgn, bsc, none = create_channel("awgn"), create_channel("bsc"), create_channel("none")
-    assert select_condition(awgn, {"--snr": 12.0, "--erasure": None}) == 12.0
-    assert select_condition(bsc, {"--snr": None, "--erasure": None}) is None
-    with pytest.raises(ChannelError, match="--erasure does not apply to this run's channel 'awgn'") as e:
-        select_condition(awgn, {"--erasure": 0.1}, "this run's")
-    assert e.value.hint == "use --snr"
-    with pytest.raises(ChannelError, match=r"--snr is for awgn, awgn-power, rayleigh"):
-        select_condition(bsc, {"--snr": 10.0})
+    assert select_condition(awgn, {"snr_db": 12.0, "erasure": None}) == 12.0
+    assert select_condition(bsc, {"snr_db": None, "flip": None}) is None
+    assert select_condition(bsc, {"flip": 0.02}) == 0.02
+    with pytest.raises(ChannelError, match="`erasure` does not apply to this run's channel 'awgn'") as e:
+        select_condition(awgn, {"erasure": 0.1}, "this run's")
+    assert e.value.hint == "use `snr_db`"
+    with pytest.raises(ChannelError, match=r"`snr_db` is for awgn, awgn-power, rayleigh"):
+        select_condition(bsc, {"snr_db": 10.0})
+    with pytest.raises(ChannelError, match=r"`erasure` is for bec\)") as e:
+        select_condition(bsc, {"erasure": 0.1})
+    assert e.value.hint == "use `flip`"
     with pytest.raises(ChannelError, match="is noiseless"):
-        select_condition(none, {"--snr": 10.0})
-    with pytest.raises(ChannelError, match="not both"):
-        select_condition(awgn, {"--snr": 1.0, "--erasure": 0.1})
-    assert ChannelConfig.from_flags("bec", {"--snr": None, "--erasure": [0.0, 0.05]}).train_condition == [0.0, 0.05]
+        select_condition(none, {"snr_db": 10.0})
+    with pytest.raises(ChannelError, match="give one condition, not `snr_db` and `erasure`"):
+        select_condition(awgn, {"snr_db": 1.0, "erasure": 0.1})
+    with pytest.raises(ChannelError, match="unknown condition '--snr'"):
+        select_condition(awgn, {"--snr": 1.0})
+    assert ChannelConfig.for_condition("bec", {"snr_db": None, "erasure": [0.0, 0.05]}).train_condition == [0.0, 0.05]
     with pytest.raises(ChannelError, match="0.9"):
-        ChannelConfig.from_flags("bec", {"--erasure": 0.9})
+        ChannelConfig.for_condition("bec", {"erasure": 0.9})
 
 
 # -- presets are registered objects ----------------------------------------------------------------
@@ -221,7 +227,7 @@ def test_every_channel_and_preset_fits_exports_and_predicts(fitted, tmp_path, ch
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
     test_cond = {"none": None, "bec": 0.05, "bsc": 0.02}.get(channel, 10.0)
-    preds = predict(tmp_path / "deploy", paths, condition=test_cond, topk=3, seed=3)
+    preds = predict(PredictConfig(str(tmp_path / "deploy"), condition=test_cond, top_k=3, seed=3), paths).predictions
     run = load_run(run_dir)
     device = load_device(res.device_path)
     assert run.codec_config.preset == preset and run.pipeline.channel.name == channel

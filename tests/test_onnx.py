@@ -22,7 +22,7 @@ from bnpp_cli.deploy import onnx as bnpp_onnx  # noqa: E402
 from bnpp_cli.deploy.export import ExportConfig, export_halves  # noqa: E402
 from bnpp_cli.deploy.halves import load_pair  # noqa: E402
 from bnpp_cli.deploy.onnx import OPSET, OnnxEdgeHalf, load_onnx_pair  # noqa: E402
-from bnpp_cli.deploy.predict import expand_images, predict_images  # noqa: E402
+from bnpp_cli.deploy.predict import PredictConfig, expand_images, predict  # noqa: E402
 from bnpp_cli.errors import DataError, ExportError  # noqa: E402
 from bnpp_cli.split.backbone import BackboneConfig, load_backbone  # noqa: E402
 
@@ -99,16 +99,16 @@ def test_the_condition_input_is_live(deployed):
 def test_predict_onnxruntime_gives_the_torch_answers(deployed, tmp_path):
     deploy, _, fit = deployed
     paths = _pngs(fit.data, tmp_path / "imgs")
-    results = {rt: predict_images(deploy, [str(tmp_path / "imgs")], condition=10.0, topk=3, seed=5,
-                                  condition_flag="--snr", runtime=rt) for rt in ("torch", "onnxruntime")}
+    results = {rt: predict(PredictConfig(str(deploy), condition=10.0, condition_name="snr_db", top_k=3, seed=5,
+                                         runtime=rt), [str(tmp_path / "imgs")]) for rt in ("torch", "onnxruntime")}
     t, o = results["torch"].predictions, results["onnxruntime"].predictions
     assert [p.image for p in t] == paths  # the folder, sorted
     assert [[c for c, _ in p.top] for p in o] == [[c for c, _ in p.top] for p in t]
     assert np.allclose([[v for _, v in p.top] for p in o], [[v for _, v in p.top] for p in t], atol=1e-5, rtol=0)
     assert results["onnxruntime"].runtime == "onnxruntime" and (t[0].payload_bytes, t[0].frame_bytes) == (768, 816)
     # batching changes neither the noise (per image index) nor the answer
-    batched = predict_images(deploy, paths, condition=10.0, topk=3, seed=5, condition_flag="--snr",
-                             runtime="onnxruntime", batch_size=3).predictions
+    batched = predict(PredictConfig(str(deploy), condition=10.0, condition_name="snr_db", top_k=3, seed=5,
+                                    runtime="onnxruntime", batch_size=3), paths).predictions
     assert np.allclose([[v for _, v in p.top] for p in batched], [[v for _, v in p.top] for p in o], atol=1e-5, rtol=0)
 
 
@@ -158,7 +158,7 @@ def test_int8_device_half(deployed, tmp_path):
     diff = float((dev_q(x) - dev_f(x)).abs().max())
     assert 0 < diff < 0.1  # quantised, and close: z in [0, 1]
     paths = _pngs(fit.data, tmp_path / "imgs", n=2)
-    preds = predict_images(deploy, paths, runtime="onnxruntime-int8", topk=1).predictions
+    preds = predict(PredictConfig(str(deploy), runtime="onnxruntime-int8", top_k=1), paths).predictions
     assert len(preds) == 2 and preds[0].frame_bytes == 816  # the same wire frame as the float halves
 
 

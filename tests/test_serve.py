@@ -27,7 +27,7 @@ from bnpp_cli.errors import ServeError
 from bnpp_cli.deploy.export import export_halves
 from bnpp_cli.deploy.halves import load_device, load_edge
 from bnpp_cli.link.receiver import air_generator
-from bnpp_cli.deploy.predict import predict, prepare_images
+from bnpp_cli.deploy.predict import PredictConfig, predict, prepare_images
 from bnpp_cli.deploy.client import EdgeClient, infer_images, parse_address
 from bnpp_cli.deploy.protocol import REQUEST_HEADER, Request, encode_request, parse_request_header
 from bnpp_cli.deploy.server import ServeConfig, ServerThread
@@ -134,7 +134,7 @@ def test_bad_client_arguments():
 @pytest.mark.parametrize("kind,flag,condition", [("analog", "--snr", 10.0), ("digital", "--erasure", 0.05)])
 def test_infer_matches_predict(request, images, tmp_path, kind, flag, condition):
     deploy = request.getfixturevalue(kind)
-    local = predict(deploy, images, condition=condition, topk=3, seed=4)
+    local = predict(PredictConfig(str(deploy), condition=condition, top_k=3, seed=4), images).predictions
     with _server(deploy) as server:
         out = tmp_path / "infer.json"
         r = runner.invoke(app, ["infer", str(deploy), *images, "--server", f"{LOOPBACK}:{server.port}",
@@ -156,13 +156,13 @@ def test_infer_matches_predict(request, images, tmp_path, kind, flag, condition)
         assert rem["payload_bytes"] == loc.payload_bytes
         assert rem["device_ms"] > 0 and rem["edge_ms"] > 0 and rem["network_ms"] >= 0
     assert "request " in r.output and "B request header" in r.output and "network" in r.output
-    for rem, loc in zip(plain, predict(deploy, images, topk=3, seed=0)):
+    for rem, loc in zip(plain, predict(PredictConfig(str(deploy), top_k=3, seed=0), images).predictions):
         _assert_same(rem.top, loc.top)
     assert max(abs(a - b) for (_, a), (_, b) in zip(misnumbered, local[1].top)) > 1e-4
 
 
 def test_a_batched_request_matches_predict(analog, images):
-    local = predict(analog, images, condition=12.0, topk=2, seed=1)
+    local = predict(PredictConfig(str(analog), condition=12.0, top_k=2, seed=1), images).predictions
     device = load_device(analog / "device.safetensors")
     param = device.param_from_condition(12.0)
     with torch.inference_mode():
@@ -456,7 +456,7 @@ def test_real_resnet18_infer_matches_predict(cifar10_dir, resnet18_cifar10, tmp_
         paths.append(str(tmp_path / f"test{i}.png"))
         Image.fromarray(test["x"][i]).save(paths[-1])
         labels.append(str(test["class_names"][test["y"][i]]))
-    local = predict(tmp_path / "deploy", paths, condition=20.0, topk=1, seed=0)
+    local = predict(PredictConfig(str(tmp_path / "deploy"), condition=20.0, top_k=1, seed=0), paths).predictions
     with _server(tmp_path / "deploy") as server:
         remote = infer_images(tmp_path / "deploy", paths, f"{LOOPBACK}:{server.port}", condition=20.0, topk=1)
     assert [r.top[0][0] for r in remote] == [p.top[0][0] for p in local]

@@ -1,4 +1,10 @@
-"""Exception types of the library. The CLI turns them into one-line errors."""
+"""Exception types of the library. The CLI turns them into one-line errors.
+
+The library speaks in concepts: a message that names a setting writes its config field or condition
+name in backticks (`img_size`, `top_k`, `snr_db`), which is how a Python user sets it; a front end
+shows each such name its own way (the CLI as its flag, ``--img-size``: cli/options.py holds that one
+mapping). Messages never name command-line flags.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,12 @@ from typing import Iterable
 
 
 class BnppError(Exception):
-    """Base class: a user-facing error whose message names the bad value and the valid choices."""
+    """Base class: a user-facing error whose message names the bad value and the valid choices.
+
+    Attributes:
+        hint (str | None): one more line on what to do instead (a valid value, the setting to use);
+            None when the message says it all.
+    """
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)

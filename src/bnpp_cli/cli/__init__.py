@@ -3,7 +3,8 @@
 Each command parses options, builds a config, calls ONE library function and renders the result.
 Heavy imports (torch, timm) happen inside the command bodies, so `bnpp --help` is instant.
 The one error boundary is ``_Group.invoke``: library errors (BnppError) become one line on stderr
-and exit code 2; BNPP_DEBUG=1 shows tracebacks.
+and exit code 2, the settings they name shown as flags (options.render); BNPP_DEBUG=1 shows
+tracebacks.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ class _Group(TyperGroup):
 
     def invoke(self, ctx):
         from ..errors import BnppError
+        from .options import render
 
         try:
             return super().invoke(ctx)
         except BnppError as e:
             if os.environ.get("BNPP_DEBUG"):
                 raise
-            fail(str(e), e.hint)
+            fail(render(str(e)), render(e.hint))
         except KeyboardInterrupt:
             fail("interrupted", code=130)
 

@@ -7,14 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DataOpt, JsonOpt, SeedOpt, link_condition, parse_list, write_json_output
+from .options import CONDITION_FLAGS, DataOpt, JsonOpt, SeedOpt, link_condition, parse_list, write_json_output
 
 
 def eval_(
     run: Annotated[Path, typer.Argument(help="Run directory made by `bnpp fit`.")],
     data: DataOpt = None,
     snr: Annotated[Optional[str], typer.Option(help="PSNR values in dB, e.g. 0,5,10,20 (analog channels).")] = None,
-    erasure: Annotated[Optional[str], typer.Option(help="Probabilities, e.g. 0,0.01,0.05 (digital).")] = None,
+    erasure: Annotated[Optional[str], typer.Option(help="bec: erasure probabilities, e.g. 0,0.01,0.05.")] = None,
+    flip: Annotated[Optional[str], typer.Option(help="bsc: bit flip probabilities, e.g. 0,0.01,0.05.")] = None,
     draws: Annotated[int, typer.Option(help="Noise draws per condition.")] = 5,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
     data_root: Annotated[Optional[str], typer.Option(help="Root for torchvision datasets.")] = None,
@@ -32,9 +33,10 @@ def eval_(
         raise DataError("--data is required: the test images (.npz, ImageFolder directory or dataset name)")
     if plot is not None:
         check_plotting()  # before the evaluation, not after it
-    values, flag = link_condition(snr, erasure)
-    config = EvalConfig(run=str(run), data=data, conditions=parse_list(values, flag),
-                        condition_flag=flag, draws=draws, limit=limit, data_root=data_root, device=device, seed=seed)
+    name, values = link_condition(snr, erasure, flip)
+    conditions = parse_list(values, CONDITION_FLAGS[name]) if name else None
+    config = EvalConfig(run=str(run), data=data, conditions=conditions, condition_flag=name,  # a condition name
+                        draws=draws, limit=limit, data_root=data_root, device=device, seed=seed)
     result = evaluate_run(config)
     render_eval(result)  # the table first: a file that cannot be written does not hide it
     write_json_output(json_path, result.to_dict())

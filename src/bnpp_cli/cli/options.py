@@ -1,11 +1,42 @@
-"""Shared option aliases and the small parsers the commands use (no library imports at module level)."""
+"""Shared option aliases, the one map from the library's setting names to flags, and the small
+parsers the commands use (no library imports at module level).
+
+The library names a setting by its config field or condition name, in backticks (errors.py);
+``FLAGS`` is the one place that says which flag sets it, and :func:`render` shows a library
+message with the flags.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+# condition name (Channel.condition_name) -> the flag that gives it
+CONDITION_FLAGS = {"snr_db": "--snr", "erasure": "--erasure", "flip": "--flip"}
+# config field -> the flag that sets it, where the flag is not the field's own name ("top_k" -> "--top")
+_RENAMED = {"top_k": "--top", "all_points": "--all", "feature_cache": "--cache-features", "json_path": "--json"}
+# every config field that a command exposes under its own name ("img_size" -> "--img-size")
+_FIELDS = ("model", "pretrained", "checkpoint", "num_classes", "img_size", "model_kwargs", "mean", "std", "reparam",
+           "data", "samples", "repeats", "verify", "ratio", "bits_per_image", "bandwidth_mbps", "device_gmacs",
+           "edge_gmacs", "split", "out", "channel", "bits", "code_channels", "preset", "lmbda", "hidden_channels",
+           "encoder_blocks", "decoder_blocks", "spatial_reduction", "val_data", "val_fraction", "data_root", "limit",
+           "codec_epochs", "joint_epochs", "lr", "joint_lr", "lr_schedule", "batch_size", "distill",
+           "distill_temperature", "distill_features", "distill_at", "augment", "cache_dir", "device", "resume",
+           "overwrite", "checkpoint_steps", "checkpoint_minutes", "log_interval", "seed", "runtime", "draws",
+           "format", "calib_data", "calib_images", "server", "token", "timeout")
+FLAGS: dict[str, str] = {**{f: "--" + f.replace("_", "-") for f in _FIELDS}, **_RENAMED, **CONDITION_FLAGS}
+_NAMED = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def render(text: str | None) -> str | None:
+    """A library message with each `setting` it names shown as its flag (`img_size` -> --img-size);
+    a name with no flag keeps its backticks."""
+    if text is None:
+        return None
+    return _NAMED.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), text)
 
 ModelArg = Annotated[str, typer.Argument(help="timm model name, e.g. resnet50, vit_tiny_patch16_224.")]
 PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (needs the network).")]
@@ -25,7 +56,8 @@ DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Images: .npz (x uint8 NxHxWx3, y), an ImageFolder directory, or cifar10/cifar100/...")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 SnrOpt = Annotated[Optional[float], typer.Option(help="Analog channels: PSNR in dB (default: noiseless).")]
-ErasureOpt = Annotated[Optional[float], typer.Option(help="Digital channels: bit error probability.")]
+ErasureOpt = Annotated[Optional[float], typer.Option(help="bec: bit erasure probability.")]
+FlipOpt = Annotated[Optional[float], typer.Option(help="bsc: bit flip (crossover) probability.")]
 TopOpt = Annotated[int, typer.Option(help="How many classes to show.")]
 TokenOpt = Annotated[Optional[str], typer.Option(
     "--token", envvar="BNPP_TOKEN", help="Shared secret between devices and the edge (or env BNPP_TOKEN).")]
@@ -90,13 +122,23 @@ def parse_list(value: str | None, flag: str) -> list[float] | None:
         raise ChannelError(f"{flag} {value!r} is not a comma-separated list of numbers") from None
 
 
-def link_condition(snr: float | None, erasure: float | None) -> tuple[float | None, str | None]:
-    """(value, flag) of --snr / --erasure, at most one of them; (None, None) when neither is given.
-    Whether the flag suits the export's channel is the library's check (link.config)."""
-    from ..errors import ChannelError
+def conditions(snr, erasure, flip) -> dict:
+    """{condition name: the value of its flag} (cli options -> the library's names)."""
+    return {"snr_db": snr, "erasure": erasure, "flip": flip}
 
-    if snr is not None and erasure is not None:
-        raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")
-    if snr is None and erasure is None:
-        return None, None
-    return (snr, "--snr") if snr is not None else (erasure, "--erasure")
+
+def link_condition(snr: float | None, erasure: float | None, flip: float | None) -> tuple[str | None, float | None]:
+    """(condition name, value) of the one of --snr / --erasure / --flip given, or (None, None).
+    Whether it suits the deployed channel is the library's check (link.config)."""
+    from ..link.config import given_condition
+
+    return given_condition(conditions(snr, erasure, flip))
+
+
+def channel_config(channel: str, snr: str | None, erasure: str | None, flip: str | None, bits: int):
+    """The ChannelConfig of --channel with the training range of --snr / --erasure / --flip."""
+    from ..link.config import ChannelConfig
+
+    ranges = {flag: parse_range(value, flag) for flag, value in (("--snr", snr), ("--erasure", erasure),
+                                                                 ("--flip", flip))}
+    return ChannelConfig.for_condition(channel, conditions(*ranges.values()), bits)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import ErasureOpt, JsonOpt, SeedOpt, SnrOpt, TopOpt, link_condition, write_json_output
+from .options import ErasureOpt, FlipOpt, JsonOpt, SeedOpt, SnrOpt, TopOpt, link_condition, write_json_output
 
 
 def predict(
@@ -15,6 +15,7 @@ def predict(
     images: Annotated[list[str], typer.Argument(help="Image files (PNG, JPEG, ...), folders of them, or quoted globs.")],
     snr: SnrOpt = None,
     erasure: ErasureOpt = None,
+    flip: FlipOpt = None,
     top: TopOpt = 5,
     runtime: Annotated[str, typer.Option(help="torch (the .safetensors halves), onnxruntime (device.onnx + "
                                               "edge.onnx) or onnxruntime-int8 (device.int8.onnx + edge.onnx).")] = "torch",
@@ -23,12 +24,13 @@ def predict(
     seed: SeedOpt = 0,
 ):
     """Run device -> wire -> channel -> edge on images; top classes, bytes on the wire, time per side."""
-    from ..deploy.predict import predict_images
+    from ..deploy.predict import PredictConfig, predict as predict_images
     from .render import render_predictions
 
-    condition, flag = link_condition(snr, erasure)
-    result = predict_images(deploy, images, condition=condition, topk=top, seed=seed, condition_flag=flag,
-                            runtime=runtime, batch_size=batch_size)
+    name, condition = link_condition(snr, erasure, flip)
+    config = PredictConfig(str(deploy), condition=condition, condition_name=name, top_k=top, seed=seed,
+                           runtime=runtime, batch_size=batch_size)
+    result = predict_images(config, images)
     write_json_output(json_path, result.to_dict())
     render_predictions(result)
 

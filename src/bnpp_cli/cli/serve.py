@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import ErasureOpt, JsonOpt, SeedOpt, SnrOpt, TokenOpt, TopOpt, link_condition, write_json_output
+from .options import ErasureOpt, FlipOpt, JsonOpt, SeedOpt, SnrOpt, TokenOpt, TopOpt, link_condition, write_json_output
 
 
 def _log_event(console, event: dict) -> None:
@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
         server: Annotated[str, typer.Option("--server", help="The edge: HOST:PORT of `bnpp serve`.")],
         snr: SnrOpt = None,
         erasure: ErasureOpt = None,
+        flip: FlipOpt = None,
         top: TopOpt = 5,
         token: TokenOpt = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 30.0,
@@ -69,8 +70,8 @@ def register(app: typer.Typer) -> None:
         from ..deploy.client import infer_images
         from .render import render_remote_predictions
 
-        condition, flag = link_condition(snr, erasure)
+        name, condition = link_condition(snr, erasure, flip)
         results = infer_images(deploy, [str(p) for p in images], server, condition=condition, seed=seed,
-                               condition_flag=flag, topk=top, token=token, timeout_s=timeout)
+                               condition_name=name, topk=top, token=token, timeout_s=timeout)
         write_json_output(json_path, [r.to_dict() for r in results])
         render_remote_predictions(results)

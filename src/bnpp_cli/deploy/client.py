@@ -157,14 +157,16 @@ class RemotePrediction:
 def infer_images(deploy_dir: str | Path, images: Sequence[str | Path], server: str,
                  condition: float | None = None, seed: int = 0, topk: int = 5,
                  token: str | None = None, timeout_s: float = 30.0,
-                 condition_flag: str | None = None) -> list[RemotePrediction]:
+                 condition_name: str | None = None) -> list[RemotePrediction]:
     """Device side of co-inference: head + encoder here, one request per image to `bnpp serve`.
 
-    Image i is sent with first_index = i, so the edge draws its noise from air_generator(seed, i)
-    exactly as `bnpp predict` does, and the answers are predict's."""
+    ``condition`` is in the channel's own unit (None: noiseless); a ``condition_name`` given
+    ("snr_db", "erasure", "flip") is checked against the export's channel. Image i is sent with
+    first_index = i, so the edge draws its noise from air_generator(seed, i) exactly as
+    :func:`~bnpp_cli.deploy.predict.predict` does, and the answers are predict's."""
     host, port = parse_address(server)
     device = load_device_dir(deploy_dir)
-    param = check_condition(device, condition, condition_flag)
+    param = check_condition(device, condition, condition_name)
     check_seed(seed, 0, len(images))
     x_all = prepare_images(device, images)
     out = []

@@ -1,8 +1,11 @@
-"""Running exported halves on real images: `bnpp predict` (both halves in one process).
+"""Running exported halves on images: :func:`predict` (both halves in one process; `bnpp predict`).
 
-    image files, folders, globs --decode, fit to input size--> x, in batches
+    images (files, folders, globs, PIL images, or a tensor) --decode, fit to input size--> x, in batches
         --device half (PyTorch or ONNX Runtime): z --link.transmit: one wire frame per image-->
         --edge half: receive, simulated air interface, decoder + tail--> logits
+
+    result = predict(PredictConfig("deploy/", condition=10.0), ["photos/"])
+    result.predictions[0].top        # [(class, probability), ...], best first
 
 Every image goes through the wire format in its own frame, as `bnpp infer` sends it, so the bytes
 are what a device sends:
@@ -26,18 +29,66 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..data.batching import BatchTransform
-from ..data.datasets import IMAGE_EXTENSIONS, read_image
+from ..data.datasets import IMAGE_EXTENSIONS, _fit_to_size, read_image
 from ..errors import BnppError, DataError, ExportError
-from ..link.config import select_condition
 from ..link import wire
+from ..link.config import check_condition_name
 from ..link.transmit import header_bytes, payload_bytes
 
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")  # -int8: device.int8.onnx with edge.onnx
+
+# What predict() takes as images: a path (file, folder or glob) or PIL image, a sequence of them, or
+# a batch tensor / array (see :func:`images_to_batch`).
+Images = Union[str, Path, Any, Sequence[Any], torch.Tensor, np.ndarray]
+
+
+@dataclass
+class PredictConfig:
+    """How :func:`predict` runs an exported pair: which export, which link condition, what to return.
+
+    Attributes:
+        deploy_dir: str; a directory made by ``export_halves`` (`bnpp export`): device and edge
+            halves as .safetensors and/or .onnx, their pair id checked.
+        condition: float | None; the link's condition for every image, in the export's channel's
+            own unit: PSNR in dB (peak amplitude 1) on the analog channels (awgn, awgn-power,
+            rayleigh), a bit probability in [0, 0.5] on bec (erasure) and bsc (flip). Default
+            None: a noiseless link (the channel is not applied).
+        condition_name: str | None; what `condition` is: "snr_db", "erasure" or "flip"
+            (``Channel.condition_name``). When given it is checked against the export's channel,
+            so a value meant for another kind of channel is refused instead of read in the wrong
+            unit. Default None: not checked.
+        top_k: int; classes returned per image, best first; at least 1 (fewer if the model has
+            fewer classes). Default 5.
+        seed: int; the link noise of image i is drawn from ``air_generator(seed, i)``, whatever
+            the batch size, so `bnpp serve` given the same seed answers the same. Default 0.
+        runtime: str; "torch" (the .safetensors halves), "onnxruntime" (device.onnx + edge.onnx)
+            or "onnxruntime-int8" (device.int8.onnx + edge.onnx). Default "torch".
+        batch_size: int; images per device / edge pass (each still gets its own wire frame);
+            at least 1. Default 1: one image at a time, as a device sends them.
+    """
+
+    deploy_dir: str
+    condition: float | None = None
+    condition_name: str | None = None
+    top_k: int = 5
+    seed: int = 0
+    runtime: str = "torch"
+    batch_size: int = 1
+
+    def validate(self) -> None:
+        """Refuse settings that cannot run, naming the setting and the valid values."""
+        if self.top_k < 1:
+            raise BnppError(f"`top_k` {self.top_k} shows no class: give 1 or more")
+        if self.batch_size < 1:
+            raise BnppError(f"`batch_size` {self.batch_size} must be at least 1")
+        if self.runtime not in RUNTIMES:
+            raise ExportError(f"unknown runtime {self.runtime!r}", hint=f"valid: {', '.join(RUNTIMES)}")
 
 
 @dataclass
@@ -98,12 +149,13 @@ class PredictResult:
         return asdict(self)
 
 
-def check_condition(half, condition: float | None, condition_flag: str | None) -> float:
-    """The channel parameter for a condition given with `condition_flag` ("--snr" | "--erasure")."""
+def check_condition(half, condition: float | None, condition_name: str | None = None) -> float:
+    """The channel parameter of a half for `condition` (the channel's own unit; None: noiseless),
+    a `condition_name` given checked against the half's channel first."""
     if condition is None:
         return 0.0
-    if condition_flag is not None:
-        select_condition(half.channel, {condition_flag: condition}, "this export's")
+    if condition_name is not None:
+        check_condition_name(half.channel, condition_name, "this export's")
     return half.param_from_condition(condition)
 
 
@@ -136,6 +188,51 @@ def prepare_images(device, paths: Sequence[str | Path]) -> torch.Tensor:
     return BatchTransform(dc["mean"], dc["std"], augment=False)(x)
 
 
+def images_to_batch(device, images: Images) -> tuple[list[str], torch.Tensor]:
+    """(names, x): the images as the device half's normalised float32 input (N, 3, H, W).
+
+    ``images`` is one of:
+      - a path (image file, folder of images, or glob) or a PIL image, or a sequence of them
+        (mixed freely): decoded as RGB, fitted to the input size the timm eval way (resize to cover
+        input / crop_pct, centre crop) and normalised with the export's mean and std;
+      - a uint8 tensor or array (N, H, W, 3), RGB pixels as in an .npz dataset: fitted and
+        normalised the same way;
+      - a float tensor (N, 3, H, W) at the input size, already normalised: used as is.
+    """
+    dc = device.meta["data_config"]
+    size = tuple(dc["input_size"][1:])
+    resize = (size, dc.get("crop_pct", 1.0), dc.get("interpolation", "bilinear"))
+    normalise = BatchTransform(dc["mean"], dc["std"], augment=False)
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if torch.is_tensor(images):
+        names = [f"<image {i}>" for i in range(len(images))]
+        if images.dtype == torch.uint8 and images.ndim == 4 and images.shape[-1] == 3:
+            return names, normalise(_fit_to_size(images.permute(0, 3, 1, 2).contiguous(), resize))
+        if images.is_floating_point() and tuple(images.shape[1:]) == (3, *size):
+            return names, images.float()
+        raise DataError(f"image tensor {images.dtype} {tuple(images.shape)}: expected uint8 (N, H, W, 3) pixels "
+                        f"or a normalised float (N, 3, {size[0]}, {size[1]}) batch at the model's input size")
+    if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+        images = [images]
+    names, pixels = [], []
+    for i, item in enumerate(images):
+        if isinstance(item, (str, Path)):
+            for path in expand_images([item]):
+                names.append(path)
+                pixels.append(read_image(path, size, resize[1], resize[2]))
+        elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
+            rgb = torch.from_numpy(np.array(item.convert("RGB"))).permute(2, 0, 1)
+            names.append(f"<image {i}>")
+            pixels.append(_fit_to_size(rgb[None].contiguous(), resize)[0])
+        else:
+            raise DataError(f"image {i} is a {type(item).__name__}: give paths, folders, globs or PIL images, "
+                            "or one uint8 (N, H, W, 3) / normalised float (N, 3, H, W) tensor")
+    if not pixels:
+        raise DataError("no images given")
+    return names, normalise(torch.stack(pixels))
+
+
 def load_runtime_pair(deploy_dir: str | Path, runtime: str = "torch"):
     """(device, edge) halves of a deploy directory for a runtime of RUNTIMES, pair id checked."""
     if runtime not in RUNTIMES:
@@ -149,44 +246,45 @@ def load_runtime_pair(deploy_dir: str | Path, runtime: str = "torch"):
     return load_onnx_pair(deploy_dir, int8=runtime == "onnxruntime-int8")
 
 
-def predict_images(deploy_dir: str | Path, images: Sequence[str | Path], condition: float | None = None,
-                   topk: int = 5, seed: int = 0, condition_flag: str | None = None, runtime: str = "torch",
-                   batch_size: int = 1) -> PredictResult:
-    """Classify image files with the exported pair: device -> wire -> channel -> edge, in batches."""
-    if topk < 1:
-        raise BnppError(f"--top {topk} shows no class: give 1 or more")
-    if batch_size < 1:
-        raise BnppError(f"--batch-size {batch_size} must be at least 1")
-    paths = expand_images(images)
-    if not paths:
-        raise DataError("no images given")
-    device, edge = load_runtime_pair(deploy_dir, runtime)
-    param = check_condition(device, condition, condition_flag)
-    x_all = prepare_images(device, paths)
-    classes = edge.class_names
-    payload = payload_bytes(device.code_shape, device.channel)
-    header = header_bytes(device.code_shape)
-    out: list[Prediction] = []
-    times: dict[str, list[float]] = {"device": [], "edge": []}
-    with torch.inference_mode():
-        _run_batch(device, edge, x_all[:batch_size], param, seed, 0)  # warm-up, not timed
-        for first in range(0, len(paths), batch_size):
-            x = x_all[first:first + batch_size]
-            probs, device_ms, edge_ms, sizes = _run_batch(device, edge, x, param, seed, first)
-            times["device"].append(device_ms / len(x))
-            times["edge"].append(edge_ms / len(x))
-            for i, row in enumerate(probs.softmax(1)):
-                p, k = row.topk(min(topk, row.numel()))
-                head, total = sizes[i]
-                out.append(Prediction(str(paths[first + i]), [(classes[j], float(v)) for v, j in zip(p, k.tolist())],
-                                      total - head, total, times["device"][-1], times["edge"][-1]))
+def predict(config: PredictConfig, images: Images) -> PredictResult:
+    """Classify images with an exported pair: device -> wire -> channel -> edge, in batches.
+
+    ``images``: paths, folders, globs or PIL images, or a uint8 (N, H, W, 3) / normalised float
+    (N, 3, H, W) tensor (:func:`images_to_batch`). Each image crosses the link in its own wire
+    frame, with its noise from ``air_generator(config.seed, i)``."""
+    config.validate()
+    device, edge = load_runtime_pair(config.deploy_dir, config.runtime)
+    param = check_condition(device, config.condition, config.condition_name)
+    names, x_all = images_to_batch(device, images)
+    answers, times = _run_all(device, edge, x_all, param, config)
+    out = [Prediction(names[i], top, total - head, total, times["device"][i // config.batch_size],
+                      times["edge"][i // config.batch_size]) for i, (top, (head, total)) in enumerate(answers)]
     latency = {side: {"median": statistics.median(t), "min": min(t), "max": max(t)} for side, t in times.items()}
+    payload, header = payload_bytes(device.code_shape, device.channel), header_bytes(device.code_shape)
     if len({r.frame_bytes for r in out}) > 1:  # an entropy code: sizes per image, the mean here
         payload = round(statistics.fmean(r.payload_bytes for r in out))
         header = round(statistics.fmean(r.frame_bytes - r.payload_bytes for r in out))
     elif out:
         payload, header = out[0].payload_bytes, out[0].frame_bytes - out[0].payload_bytes
-    return PredictResult(out, runtime, batch_size, payload, header, payload + header, latency)
+    return PredictResult(out, config.runtime, config.batch_size, payload, header, payload + header, latency)
+
+
+def _run_all(device, edge, x_all: torch.Tensor, param: float, config: PredictConfig):
+    """([(top classes, (header bytes, frame bytes)) per image], {"device": [ms per image per batch], "edge": ...})."""
+    classes, step = edge.class_names, config.batch_size
+    answers: list = []
+    times: dict[str, list[float]] = {"device": [], "edge": []}
+    with torch.inference_mode():
+        _run_batch(device, edge, x_all[:step], param, config.seed, 0)  # warm-up, not timed
+        for first in range(0, len(x_all), step):
+            x = x_all[first:first + step]
+            logits, device_ms, edge_ms, sizes = _run_batch(device, edge, x, param, config.seed, first)
+            times["device"].append(device_ms / len(x))
+            times["edge"].append(edge_ms / len(x))
+            for row, size in zip(logits.softmax(1), sizes):
+                p, k = row.topk(min(config.top_k, row.numel()))
+                answers.append(([(classes[j], float(v)) for v, j in zip(p, k.tolist())], size))
+    return answers, times
 
 
 def _run_batch(device, edge, x: torch.Tensor, param: float, seed: int, first: int):
@@ -200,10 +298,3 @@ def _run_batch(device, edge, x: torch.Tensor, param: float, seed: int, first: in
     logits = edge(z_hat, param)
     t2 = time.perf_counter()
     return logits, 1e3 * (t1 - t0), 1e3 * (t2 - t1), [wire.peek_header(f) for f in frames]
-
-
-def predict(deploy_dir: str | Path, images: Sequence[str | Path], condition: float | None = None,
-            topk: int = 5, seed: int = 0, condition_flag: str | None = None, runtime: str = "torch",
-            batch_size: int = 1) -> list[Prediction]:
-    """The predictions of :func:`predict_images`, one per image."""
-    return predict_images(deploy_dir, images, condition, topk, seed, condition_flag, runtime, batch_size).predictions

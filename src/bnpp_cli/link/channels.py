@@ -5,9 +5,9 @@ Data flow (tensor names as in :mod:`bnpp_cli.codec.model`)::
     z (N, ...) in [0, 1]  --channel(param)-->  z_hat (N, ...)
 
 ``param`` is the channel's *native* parameter: the noise standard deviation ``sigma`` for the
-analog channels, the bit error probability ``p`` for the digital ones. Users speak in *conditions*
-(``condition_name``: ``snr_db`` in dB, or a probability); ``param_from_condition`` converts and
-validates. A float ``param`` applies to the whole batch, an ``(N,)`` tensor applies per sample.
+analog channels, the bit error probability ``p`` for the digital ones. Users speak in *conditions*,
+named by the channel (``condition_name``: ``snr_db`` in dB for the analog channels, ``erasure`` for
+bec and ``flip`` for bsc, probabilities); ``param_from_condition`` converts and validates. A float ``param`` applies to the whole batch, an ``(N,)`` tensor applies per sample.
 
 Channels (BottleNet++, Shao & Zhang 2020, plus the common Deep JSCC conventions):
 
@@ -62,8 +62,7 @@ class Channel(nn.Module):
     """Common interface: a parameter-free layer ``forward(z, param, generator) -> z_hat``."""
 
     name: str = ""
-    condition_name: str | None = None  # the condition's key in results: "snr_db" | "erasure" | "flip" | None
-    condition_flag: str | None = None  # the command-line flag that sets it: "--snr" | "--erasure" | None
+    condition_name: str | None = None  # the condition's name (link.config, results): "snr_db" | "erasure" | "flip" | None
     condition_unit: str = ""  # "dB" for analog channels; probabilities have no unit
     condition_axis: str = ""  # the condition's axis label in plots
     default_eval_conditions: tuple[float, ...] = ()  # what `bnpp eval` reports when given none
@@ -163,7 +162,6 @@ class AnalogChannel(Channel):
     """Shared PSNR / SNR handling: condition in dB, native parameter sigma = 10^(-dB / 20)."""
 
     condition_name = "snr_db"
-    condition_flag = "--snr"
     condition_unit = "dB"
     condition_axis = "PSNR (dB, peak amplitude 1)"
     default_eval_conditions = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # dB: BottleNet++'s Fig. 3 range
@@ -275,7 +273,6 @@ class DigitalChannel(Channel):
     """Shared n-bit quantisation, probability condition and straight-through gradient."""
 
     digital = True
-    condition_flag = "--erasure"  # the bit probability of any digital channel (bec: erasure, bsc: flip)
     condition_axis = "bit error probability p"
     default_eval_conditions = (0.0, 0.001, 0.01, 0.05, 0.1)  # around BottleNet++'s p = 0.01
     default_train_condition: Condition = 0.01  # BottleNet++ headline: p < 0.01

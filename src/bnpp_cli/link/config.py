@@ -1,9 +1,11 @@
-"""The channel's config (stored in a run and its deploy halves) and which condition flag it takes.
+"""The channel's config (stored in a run and its deploy halves) and which condition a channel takes.
 
-Conditions reach bnpp from the command line as ``--snr`` (analog channels: PSNR in dB) or
-``--erasure`` (digital channels: the bit error probability). Which flag a channel takes is the
-channel's own property (``Channel.condition_flag``); this module is the one place that checks a
-given flag against it, so no other module compares condition names.
+A condition is named by the channel that takes it (``Channel.condition_name``): ``snr_db`` (the
+analog channels: PSNR in dB), ``erasure`` (bec: the bit erasure probability) or ``flip`` (bsc: the
+bit flip, i.e. crossover, probability); the noiseless channel takes none. This module is the one
+place that checks a condition given by name against a channel, so no other module compares
+condition names. How a front end lets users give a condition (the CLI's ``--snr``, ``--erasure``,
+``--flip``) is its own business: cli/options.py maps the names to flags.
 """
 
 from __future__ import annotations
@@ -33,36 +35,72 @@ class ChannelConfig:
     bits: int = 8
 
     def build(self) -> Channel:
+        """The channel module (validates the name, the range and the bits)."""
         cond = tuple(self.train_condition) if isinstance(self.train_condition, list) else self.train_condition
         return create_channel(self.name, train_condition=cond, bits=self.bits)
 
     @classmethod
-    def from_flags(cls, name: str, given: Mapping[str, Any], bits: int = 8) -> "ChannelConfig":
-        """The config for channel `name` trained over the condition of the one flag in `given`
-        ({"--snr": S or [A, B] or None, "--erasure": ...}); validated by building the channel."""
+    def for_condition(cls, name: str, given: Mapping[str, Any] | None = None, bits: int = 8) -> "ChannelConfig":
+        """The config for channel `name` trained over the one condition set in `given`
+        ({condition name: S or [A, B] or None}, e.g. {"snr_db": 10.0, "flip": None}); validated by
+        building the channel. A condition that the channel does not take is refused (:func:`select_condition`)."""
         proto = create_channel(name, bits=bits)  # validates the name, lists the valid ones
-        cond = select_condition(proto, given)
+        cond = select_condition(proto, given or {})
         config = cls(name, list(cond) if isinstance(cond, (list, tuple)) else cond, bits)
         config.build()  # validates the range
         return config
 
+    @classmethod
+    def from_flags(cls, name: str, given: Mapping[str, Any], bits: int = 8) -> "ChannelConfig":
+        """Deprecated: :meth:`for_condition` keyed by the old flags ({"--snr": ..., "--erasure": ...},
+        "--erasure" meaning any digital channel's probability). Kept for callers not yet switched."""
+        proto = create_channel(name, bits=bits)
+        digital = proto.condition_name if proto.digital else "erasure"
+        legacy = {"--snr": "snr_db", "--erasure": digital}
+        return cls.for_condition(name, {legacy.get(k, k): v for k, v in given.items()}, bits)
+
+
+def condition_names() -> dict[str, list[str]]:
+    """{condition name: the registered channels that take it}, e.g. {"snr_db": ["awgn", ...], ...}."""
+    out: dict[str, list[str]] = {}
+    for name, cls in CHANNELS.items():
+        if cls.condition_name is not None:
+            out.setdefault(cls.condition_name, []).append(name)
+    return out
+
+
+def given_condition(given: Mapping[str, Any]) -> tuple[str | None, Any]:
+    """(name, value) of the one condition set in `given` ({condition name: value or None}), or
+    (None, None) when none is set. An unknown name, or more than one set, is refused."""
+    known = condition_names()
+    for name in given:
+        if name not in known:
+            raise ChannelError(f"unknown condition {name!r}",
+                               hint="valid: " + ", ".join(f"`{n}`" for n in known))
+    set_names = [name for name, value in given.items() if value is not None]
+    if len(set_names) > 1:
+        raise ChannelError("give one condition, not " + " and ".join(f"`{n}`" for n in set_names))
+    return (set_names[0], given[set_names[0]]) if set_names else (None, None)
+
+
+def check_condition_name(channel: Channel, name: str, subject: str = "the") -> None:
+    """Refuse a condition `name` that `channel` does not take, in one line naming the right one;
+    `subject` words it ("this export's", "this run's")."""
+    known = condition_names()
+    if name not in known:
+        raise ChannelError(f"unknown condition {name!r}", hint="valid: " + ", ".join(f"`{n}`" for n in known))
+    if channel.condition_name is None:
+        raise ChannelError(f"channel '{channel.name}' is noiseless: it takes no condition "
+                           f"({', '.join(f'`{n}`' for n in known)})")
+    if name != channel.condition_name:
+        raise ChannelError(f"`{name}` does not apply to {subject} channel '{channel.name}' "
+                           f"(`{name}` is for {', '.join(known[name])})", hint=f"use `{channel.condition_name}`")
+
 
 def select_condition(channel: Channel, given: Mapping[str, Any], subject: str = "the") -> Any:
-    """The value of the one condition flag in ``given`` ({flag: value or None}) that ``channel``
-    takes, or None when none is given. A flag the channel does not take is a one-line error that
-    names the right one; ``subject`` words it ("this export's", "this run's")."""
-    set_flags = [flag for flag, value in given.items() if value is not None]
-    if len(set_flags) > 1:
-        raise ChannelError("give --snr (analog channels) or --erasure (digital channels), not both")
-    if not set_flags:
-        return None
-    (flag,) = set_flags
-    if channel.condition_flag is None:
-        raise ChannelError(f"channel '{channel.name}' is noiseless: it takes no --snr/--erasure")
-    if flag != channel.condition_flag:
-        kinds = {c.condition_flag: [n for n, k in CHANNELS.items() if k.condition_flag == c.condition_flag]
-                 for c in CHANNELS.values() if c.condition_flag}
-        raise ChannelError(f"{flag} does not apply to {subject} channel '{channel.name}' "
-                           f"({flag} is for {', '.join(kinds.get(flag, []))})",
-                           hint=f"use {channel.condition_flag}")
-    return given[flag]
+    """The value of the one condition set in ``given`` ({condition name: value or None}), checked
+    against ``channel`` (:func:`check_condition_name`), or None when none is set."""
+    name, value = given_condition(given)
+    if name is not None:
+        check_condition_name(channel, name, subject)
+    return value

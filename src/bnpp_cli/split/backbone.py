@@ -27,6 +27,7 @@ from ..errors import ModelError, choices_hint
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
+_WEIGHTS_HINT = "local weights: `checkpoint` FILE; random init: without `pretrained`"
 
 
 @dataclass
@@ -87,7 +88,7 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise ModelError(f"--model-kwargs {item!r} is not key=value", hint="e.g. --model-kwargs patch_size=4")
+            raise ModelError(f"`model_kwargs` {item!r} is not key=value", hint="e.g. `model_kwargs` patch_size=4")
         out[key] = _parse_value(raw.strip())
     return out
 
@@ -144,9 +145,9 @@ def load_backbone(config: BackboneConfig) -> Backbone:
     """Create the timm model, load its weights, resolve its data config. Eval mode."""
     _check_model_name(config.model)
     if config.img_size is not None and not (8 <= config.img_size <= 4096):
-        raise ModelError(f"--img-size {config.img_size} is out of range", hint="valid: 8 to 4096 pixels")
+        raise ModelError(f"`img_size` {config.img_size} is out of range", hint="valid: 8 to 4096 pixels")
     if config.num_classes is not None and config.num_classes < 1:
-        raise ModelError(f"--num-classes {config.num_classes} must be at least 1")
+        raise ModelError(f"`num_classes` {config.num_classes} must be at least 1")
     if config.pretrained and config.checkpoint is None:
         _check_weights_reachable(config.model)  # in seconds, before any model is built
     create_kwargs: dict[str, Any] = dict(config.model_kwargs)
@@ -191,7 +192,7 @@ def _create_pretrained(name: str, create_kwargs: dict[str, Any]) -> nn.Module:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(
             f"could not fetch pretrained weights for '{name}' (offline?): {reason}",
-            hint="use --checkpoint FILE for local weights, or drop --pretrained for random init",
+            hint=_WEIGHTS_HINT,
         ) from None
 
 
@@ -211,7 +212,7 @@ def _check_weights_reachable(name: str, timeout_s: float = 3.0) -> None:
     hub_id, url = getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
     if _cached(hub_id, url):
         return
-    hint = "use --checkpoint FILE for local weights, or drop --pretrained for random init"
+    hint = _WEIGHTS_HINT
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ModelError(f"could not fetch pretrained weights for '{name}': HF_HUB_OFFLINE is set and they are "
                          f"not in the local cache", hint=hint)
@@ -252,12 +253,12 @@ def resolve_data_config(model: nn.Module, img_size: int | None = None, mean: lis
     mean / std (what the weights were trained with) replaces timm's."""
     from timm.data import resolve_model_data_config
 
-    for name, values in (("--mean", mean), ("--std", std)):
+    for name, values in (("mean", mean), ("std", std)):
         if values is not None and (len(values) != 3 or not all(math.isfinite(v) for v in values)
-                                   or (name == "--std" and min(values) <= 0)):
-            raise ModelError(f"{name} {','.join(f'{v:g}' for v in values)} is not valid: give 3 numbers "
-                             f"(one per RGB channel){', each > 0' if name == '--std' else ''}, e.g. "
-                             f"{'0.485,0.456,0.406' if name == '--mean' else '0.229,0.224,0.225'}")
+                                   or (name == "std" and min(values) <= 0)):
+            raise ModelError(f"`{name}` {','.join(f'{v:g}' for v in values)} is not valid: give 3 numbers "
+                             f"(one per RGB channel){', each > 0' if name == 'std' else ''}, e.g. "
+                             f"{'0.485,0.456,0.406' if name == 'mean' else '0.229,0.224,0.225'}")
     cfg = dict(resolve_model_data_config(model))
     cfg["mean"] = mean if mean is not None else cfg["mean"]
     cfg["std"] = std if std is not None else cfg["std"]
@@ -282,7 +283,7 @@ def _probe_forward(model: nn.Module, input_size, config: BackboneConfig) -> None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(
             f"'{config.model}' does not run at input size {tuple(input_size)}: {reason}",
-            hint="choose another --img-size",
+            hint="choose another `img_size`",
         ) from None
 
 
@@ -337,7 +338,7 @@ def _classifier_keys(model: nn.Module) -> set[str]:
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a local checkpoint strictly; a mismatch names the keys and hints at --num-classes."""
+    """Load a local checkpoint strictly; a mismatch names the keys and hints at num_classes."""
     state = read_state_dict(path)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -356,9 +357,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         classifier = _classifier_keys(model)
         if mismatched and set(mismatched) <= classifier and not missing and not unexpected:
             k = sorted(mismatched)[0]
-            hint = f"only the classifier differs: try --num-classes {state[k].shape[0]}"
-        else:  # a checkpoint of another architecture (or variant): --num-classes cannot fix that
+            hint = f"only the classifier differs: try `num_classes` {state[k].shape[0]}"
+        else:  # a checkpoint of another architecture (or variant): num_classes cannot fix that
             hint = (f"{len(mismatched) + len(missing) + len(unexpected)} tensors do not fit (the model has {len(own)}): "
-                    "is it a checkpoint of this model (name, --model-kwargs)?")
+                    "is it a checkpoint of this model (name, `model_kwargs`)?")
         raise ModelError(f"checkpoint '{path}' does not match the model: " + "; ".join(parts), hint=hint)
     model.load_state_dict(state, strict=True)
