@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, JsonOpt, ModelArg, ModelKwargsOpt, MeanOpt, StdOpt, NumClassesOpt,
                       PretrainedOpt, SeedOpt, backbone_config, parse_list, parse_range, write_json_output)
@@ -33,7 +34,7 @@ def search(
     first_epochs: Annotated[int, typer.Option(help="Round 0: epochs per candidate.")] = 1,
     eta: Annotated[int, typer.Option(help="Keep ~1/eta of the candidates per round, at eta x the budget.")] = 3,
     rounds: Annotated[int, typer.Option(help="Rounds of halving (round r: eta^r x round 0's budget).")] = 3,
-    preset: Annotated[str, typer.Option(help="Codec preset: bnpp or bottlenetpp.")] = "bnpp",
+    preset: Annotated[str, typer.Option(help="Codec preset.")] = "bnpp",
     batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size [preset's].")] = None,
     augment: Annotated[bool, typer.Option(help="Random crop + flip in the fits (off: the feature cache serves them).")] = False,
     cache_features: Annotated[Optional[bool], typer.Option(
@@ -84,5 +85,18 @@ def search(
     render_search(result)
 
 
+class _SearchCommand(TyperCommand):
+    """`bnpp search` whose --preset help names every registered preset (codec.presets), read when the
+    help is shown: the registry imports torch, which `bnpp` does not do at start."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from ..codec.presets import list_presets
+
+        for param in self.params:
+            if param.name == "preset":
+                param.help = f"Codec preset: {', '.join(list_presets())}."
+        super().format_help(ctx, formatter)
+
+
 def register(app: typer.Typer) -> None:
-    app.command()(search)
+    app.command(cls=_SearchCommand)(search)

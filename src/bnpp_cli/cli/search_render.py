@@ -50,7 +50,7 @@ class SearchProgress:
             best_s = (f"best so far {best['split']} {best['rate']:g} ({best['val_drop']:.2f} pt, "
                       f"{best['latency_ms']:.3f} ms)" if best else "none within tolerance yet")
             self._line(f"[{info['done']}/{info['planned']}] {m['name']}: drop {m['val_drop']:.2f} pt, "
-                       f"{_si(m['device_macs'])} device MACs, {m['bits_per_image']} bits; {best_s}; "
+                       f"{_si(m['device_macs'])} device MACs, {m['bits_per_image']:.0f} bits; {best_s}; "
                        f"{_duration(info['elapsed_s'])} elapsed, ~{_duration(info['left_s'])} left")
         elif event == "round":
             self._line(f"round {info['round']} done: {', '.join(info['kept']) or 'none'} go on")
@@ -69,7 +69,7 @@ def render_search(r) -> None:
         mark = " *" if rec["candidate"] and c["name"] == rec["candidate"]["name"] else \
             (" ·" if c["name"] in r.pareto else "")
         t.add_row(c["name"] + mark, c["split"], f"{c['rate']:g}", f"{c['images']} x {c['epochs']}",
-                  _si(c["device_macs"]), str(c["symbols"]), str(c["bits_per_image"]), f"{c['val_drop']:.2f}",
+                  _si(c["device_macs"]), f"{c['symbols']:.0f}", f"{c['bits_per_image']:.0f}", f"{c['val_drop']:.2f}",
                   f"{c['fit_seconds']:.0f}", f"{c['latency_ms']:.3f}")
     for b in (r.baselines["label_on_device"], r.baselines["image_to_edge"]):
         t.add_row(b["name"] + (" ·" if b["name"] in r.pareto else ""), "-", "-", "-", _si(b["device_macs"]), "-",
@@ -83,6 +83,6 @@ def render_search(r) -> None:
     cand = rec["candidate"]
     if cand:
         console.print(f"Recommended split: [bold green]{cand['split']}[/], rate {cand['rate']:g} "
-                      f"({_si(cand['device_macs'])} device MACs, {cand['bits_per_image']} bits per image, validation "
+                      f"({_si(cand['device_macs'])} device MACs, {cand['bits_per_image']:.0f} bits per image, validation "
                       f"drop {cand['val_drop']:.2f} pt); run: {cand['run']} (for `bnpp eval` / `bnpp export`)")
     console.print(f"Fastest within tolerance: [bold]{rec['winner'] or 'none'}[/]: {rec['note']}")

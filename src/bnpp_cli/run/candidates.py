@@ -2,12 +2,17 @@
 
     choose_splits(points, cumulative_macs, total_macs, k)   'auto': k split points spread over device MACs
     rate_to_ratio(rate, elements, bits)                      a rate as a bandwidth ratio for plan_codec
+    unplannable(shape, layout, rates, preset, ...)           the rates the codec cannot plan at a split, and why
+    choose_candidates(points, ...)                           the split points to search (an error when none)
     round_budget(r, ...)                                     images and epochs of halving round r
     promote(measured, eta, max_drop)                         who gets the next round's budget
     pareto(points)                                           non-dominated over (device MACs, bits, drop)
     latency_ms(device_macs, bits, edge_macs, budget)         split.profile's formula
+    round_sizes(n, rounds, eta), TimeLeft                    candidates per round, the seconds still to go
 
-Plain numbers in, plain numbers out (no model, no data), so every rule is tested on its own.
+Plain numbers in, plain numbers out (no model, no data), so every rule is tested on its own; whether
+a split point can be coded at a rate is the codec's own planning (codec.config.plan_codec) on its
+shape and feature layout.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..errors import BnppError
+from ..codec.config import plan_codec
+from ..errors import BnppError, CodecError
+from ..split.graph import SplitPoint
+from ..split.layouts import LAYOUT_KINDS, FeatureLayout
 from ..split.profile import Budget
 
 
@@ -78,6 +86,49 @@ def rate_to_ratio(rate: float, elements: int, bits: int | None, per_image: bool)
     if bits is None:
         raise BnppError("--bits-per-image needs a digital channel (bec, bsc)", hint="use --ratios for analog ones")
     return elements * bits / rate
+
+
+def unplannable(shape: Sequence[int], layout: FeatureLayout, rates: Sequence[float], preset: str,
+                bits: int | None, per_image: bool) -> dict[float, str]:
+    """{rate: why} for each rate at which plan_codec plans no codec for a feature of ``shape`` in
+    ``layout`` (nchw, nhwc, tokens, vector; split.layouts) with ``preset``; ``bits`` per symbol on a
+    digital channel (None on analog ones) turns bits per image into a ratio."""
+    elements = math.prod(int(s) for s in shape)
+    why: dict[float, str] = {}
+    for rate in rates:
+        try:
+            plan_codec(tuple(int(s) for s in shape), layout=layout, preset=preset,
+                       ratio=rate_to_ratio(rate, elements, bits, per_image))
+        except CodecError as e:
+            why[rate] = str(e)
+    return why
+
+
+def choose_candidates(points: Sequence[SplitPoint], head_macs: Sequence[int], total_macs: int,
+                      rates: Sequence[float], preset: str, bits: int | None, per_image: bool, auto: int | None,
+                      model: str) -> tuple[list[SplitPoint], dict[str, dict[float, str]]]:
+    """(the points to search, {point: {rate: why}} for the rates the codec cannot plan there).
+
+    A point is a candidate when the codec plans it at one rate at least (``unplannable``); ``auto``
+    k: k of those spread over device MACs (``choose_splits``), None: all of them. None left: a
+    BnppError naming the model and why."""
+    why = {p.name: unplannable(p.shape, p.require_layout(), rates, preset, bits, per_image) for p in points}
+    codable = [i for i, p in enumerate(points) if len(why[p.name]) < len(rates)]
+    if not points:
+        raise BnppError(f"{model}: no split point has a feature layout the codec plans ({', '.join(LAYOUT_KINDS)}), "
+                        "so there is nothing to search",
+                        hint=f"`bnpp profile {model}` shows each point's layout, or why it is unknown")
+    if not codable:
+        split, reasons = next(iter(why.items()))
+        unit = "bits per image" if per_image else "ratios"
+        raise BnppError(f"{model}: the {preset} codec cannot be planned at any of the {len(points)} split points for "
+                        f"{unit} {', '.join(f'{r:g}' for r in rates)} (e.g. {split}: {next(iter(reasons.values()))})",
+                        hint="try other rates, or other --splits (see `bnpp profile`)")
+    chosen = [points[i] for i in codable]
+    if auto is not None:
+        names = choose_splits([p.name for p in chosen], [head_macs[i] for i in codable], total_macs, auto)
+        chosen = [p for p in chosen if p.name in names]
+    return chosen, {p.name: why[p.name] for p in chosen}
 
 
 def round_budget(r: int, first_images: int, first_epochs: int, eta: int, train_images: int) -> tuple[int, int]:
@@ -154,3 +205,42 @@ def recommend(final: Sequence[Measured], baselines: Sequence[dict[str, Any]], ma
     else:
         out["note"] = f"no candidate is within --max-drop {max_drop:g} points"
     return out
+
+
+def round_sizes(n: int, rounds: int, eta: int) -> list[int]:
+    """Candidates per round if every round keeps ceil(n / eta)."""
+    plan = [n]
+    for _ in range(rounds - 1):
+        plan.append(max(1, math.ceil(plan[-1] / eta)))
+    return plan
+
+
+class TimeLeft:
+    """Seconds left: the fits so far give seconds per image pass and per-candidate overhead."""
+
+    def __init__(self):
+        self.wall = self.fit = self.passes = 0.0
+        self.n = 0
+
+    def add(self, wall: float, fit: float, passes: int) -> None:
+        self.wall, self.fit, self.passes, self.n = self.wall + wall, self.fit + fit, self.passes + passes, self.n + 1
+
+    def left(self, plan: list[int], done: int, passes: int, eta: int) -> float | None:
+        if not self.n or not self.passes:
+            return None
+        per_pass, overhead = self.fit / self.passes, (self.wall - self.fit) / self.n
+        left, seen = 0.0, 0
+        for r, k in enumerate(plan):
+            remaining = max(0, min(k, seen + k - done))
+            left += remaining * (overhead + per_pass * passes * eta ** max(0, r - _round_of(plan, done)))
+            seen += k
+        return left
+
+
+def _round_of(plan: list[int], done: int) -> int:
+    seen = 0
+    for r, k in enumerate(plan):
+        seen += k
+        if done < seen:
+            return r
+    return len(plan) - 1

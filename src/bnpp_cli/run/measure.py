@@ -6,6 +6,8 @@ benchmark runs for each grid cell.
       empty or missing directory is fitted (fit_codec) -> load_run -> encoder and decoder MACs for
       one image -> evaluate_run on ``data`` at ``conditions``
 
+    sent_per_image(EvalResult) -> (symbols, bits)   what one image sends, as the evaluation measured it
+
 The caller decides whether a finished run may be reused (the search: its name says its budget;
 the benchmark: its recipe and codec are compared first, and a stale run removed).
 """
@@ -23,6 +25,8 @@ from .evaluate import EvalConfig, EvalResult, evaluate_run
 from .fit import fit_codec
 from .pipeline import load_run
 from .rundir import RunDir
+
+ANALOG_SYMBOL_BITS = 32  # an analog symbol crosses a digital wire as a float32
 
 
 @dataclass
@@ -65,3 +69,16 @@ def fit_and_measure(fit: FitConfig, data: str, conditions: Sequence[float] | Non
     metrics = run_dir.read_metrics() or {}
     return Trial(str(run_dir), reused, float(metrics.get("seconds", 0.0)), features, encoder_macs, decoder_macs,
                  metrics, ev)
+
+
+def sent_per_image(ev: EvalResult) -> tuple[float, float]:
+    """(channel symbols, bits) one image sends at the first condition evaluated, as measured there
+    (a digital code's packed levels or coded streams, a variable-length code's prefix); bits that
+    were not measured (an analog link) are the symbols as float32. With no condition evaluated (a
+    noiseless link): the code's symbols and the frames' measured bits per image."""
+    row = ev.results[0] if ev.results else {}
+    symbols = row.get("symbols_per_image", ev.code_symbols)
+    bits = row.get("payload_bits")
+    if bits is None:
+        bits = ev.bits_per_image
+    return symbols, bits if bits is not None else ANALOG_SYMBOL_BITS * symbols

@@ -1,7 +1,10 @@
 """`bnpp search`: recommend the split AND the rate from measured accuracy, not an assumed ratio.
 
     search_split_rate(SearchConfig) -> SearchResult      read_search(DIR) -> SearchResult (finished)
-      trace the model, count each split's MACs -> the validation images (those every fit holds out)
+      the options and the fits' own checks (the preset over the channel), before anything is loaded
+      -> trace the model, count each split's MACs -> the candidate split points: every point whose
+      feature layout (nchw, nhwc, tokens, vector; split.layouts) the codec plans at the rates
+      (codec.config.plan_codec), none: an error -> the validation images (those every fit holds out)
       -> baselines on them (label on device, image to edge) -> round 0: a short fit of every
       (split, rate), measured on the validation images at the target condition (measure.fit_and_measure)
       -> promote about 1/eta (candidates.promote) -> round r: eta^r times the budget ... -> Pareto set and
@@ -30,21 +33,23 @@ from typing import Any, Callable
 import torch
 
 from .. import configs
-from ..codec.presets import get_preset
 from ..errors import BnppError, CodecError, RunError
 from ..files import write_json
 from ..link.config import ChannelConfig
-from ..split.backbone import BackboneConfig, load_backbone
-from ..split.graph import trace_model
+from ..split.backbone import Backbone, BackboneConfig, load_backbone
+from ..split.graph import TracedModel, trace_model
 from ..split.macs import node_macs
 from ..split.profile import Budget
 from . import baselines as bl
-from .candidates import Measured, choose_splits, latest, latency_ms, pareto, promote, rate_to_ratio, recommend, \
-    round_budget
+from .candidates import (Measured, TimeLeft, choose_candidates, latest, latency_ms, pareto, promote, rate_to_ratio,
+                         recommend, round_budget, round_sizes)
 from .config import FitConfig
-from .measure import fit_and_measure
+from .fit import check_fit_inputs, resolve_recipe
+from .measure import fit_and_measure, sent_per_image
+from .rundir import RunDir
 
 SEARCH_FILE = "search.json"
+CANDIDATES_DIR = "candidates"  # one bnpp run per candidate
 FEATURES_DIR = "features"  # the feature cache's entries (run.features), one per split and images
 VAL_FILE = "val.npz"
 SEARCH_SCHEMA = 1
@@ -133,7 +138,7 @@ class SearchResult:
     channel: str
     condition: str  # the target condition the drops are measured at, with its unit
     validation: dict[str, Any]  # source, images, the uncut model's top-1 on them
-    splits: list[dict[str, Any]]  # name, shape, head MACs
+    splits: list[dict[str, Any]]  # name, shape, layout (split.layouts), elements, head MACs
     rates: list[float]
     rate_unit: str
     candidates: list[dict[str, Any]]  # every measurement, every round
@@ -156,104 +161,26 @@ def _noop(event: str, info: dict[str, Any]) -> None:
 
 
 def search_split_rate(config: SearchConfig, callback: Callback = _noop) -> SearchResult:
-    """Short fits of every (split, rate), more budget to the promising, measured on validation images."""
+    """Short fits of every (split, rate), more budget to the promising, measured on validation images.
+
+    Refused before anything is built or written: bad options, a preset that cannot be fitted over
+    the channel (the checks every candidate's fit makes), and a model with no split point the codec
+    can plan at the rates (BnppError naming the model and why)."""
     t0 = time.perf_counter()
     _check(config)
-    _caching(config)
     out = Path(config.out)
     state = _read_state(out, config)
+    model = _load_model(config)
     channel = config.channel.build()
-    torch.manual_seed(config.seed)
-    backbone = load_backbone(config.backbone)
-    traced = trace_model(backbone.model, backbone.input_size, config.backbone.model)
-    per_node = node_macs(traced.graph_module, torch.zeros(1, *backbone.input_size))
-    cumulative, running = {}, 0
-    for n in traced.graph_module.graph.nodes:
-        running += per_node.get(n.name, 0)
-        cumulative[n.name] = running
-    total_macs = running
-    points = _splits(config, traced, cumulative, total_macs)
-
-    size = tuple(backbone.input_size[1:])
-    x, y, classes, source, train_images = bl.validation_images(
-        config.data, config.val_data, config.val_fraction, config.seed, size, backbone.num_classes, config.data_root)
-    val_path = config.val_data or str(out / VAL_FILE)
-    if not config.val_data and not (out / VAL_FILE).is_file():
-        bl.write_images_npz(out / VAL_FILE, x, y, classes)
-    batch = config.batch_size or get_preset(config.preset).recipe.batch_size
-    if config.first_images < batch:
-        raise BnppError(f"--first-images {config.first_images} is fewer than a batch ({batch}): nothing would train")
-    if "images" not in state:  # the uncut model and the image encodings, measured once
-        state["images"] = bl.measure_images(backbone.model, x, y, backbone.data_config)
-        _write(out, state)
-    base = bl.baselines(state["images"], total_macs, backbone.num_classes, config.budget, config.max_drop)
+    points, skipped = _candidates(config, model, channel.bits_per_element)
+    val = _validation(config, model, out, state)
+    base = bl.baselines(state["images"], model.total_macs, model.backbone.num_classes, config.budget,
+                        config.max_drop)
     callback("baselines", base)
-    target = channel.condition_from_param(channel.param_range[1]) if channel.condition_name else None
-    condition = channel.format_condition(target) if target is not None else "noiseless link"
-
-    pool = [(p, r) for p in points for r in config.rates]
-    plan = _plan(len(pool), config)
-    callback("start", {"splits": [p["name"] for p in points], "rates": config.rates, "planned": sum(plan),
-                       "rounds": plan, "condition": condition, "validation": source, "images": len(y)})
-    done: dict[str, dict[str, Any]] = {m["name"]: m for m in state.get("candidates", [])}
-    for m in done.values():  # measured under another budget, maybe: the latency is this one's
-        m["latency_ms"] = latency_ms(m["device_macs"], m["bits_per_image"], m["edge_macs"], config.budget)
-    measured: list[Measured] = [Measured(**m) for m in done.values()]
-    skipped: dict[str, dict[str, Any]] = {s["name"]: s for s in state.get("skipped", [])}
-    timing = _Timing()
-    count = 0
-    for r in range(config.rounds):
-        images, epochs = round_budget(r, config.first_images, config.first_epochs, config.eta, train_images)
-        this_round: list[Measured] = []
-        for point, rate in pool:
-            name = _name(point["name"], rate, config.bits_per_image, images, epochs)
-            count += 1
-            if name in skipped:
-                continue
-            if name in done:
-                m = Measured(**done[name])
-            else:
-                started = time.perf_counter()
-                callback("fit", {"name": name, "round": r, "images": images, "epochs": epochs, "done": count - 1,
-                                 "planned": sum(plan)})
-                try:
-                    m = _measure(config, point, rate, r, images, epochs, name, out, val_path, target,
-                                 total_macs, channel)
-                except CodecError as e:
-                    skipped[name] = {"name": name, "split": point["name"], "rate": rate, "reason": str(e)}
-                    state["skipped"] = list(skipped.values())
-                    _write(out, state)
-                    continue
-                timing.add(time.perf_counter() - started, m.fit_seconds, images * epochs)
-                measured.append(m)
-                done[name] = m.to_dict()
-                state["candidates"] = list(done.values())
-                _write(out, state)
-            this_round.append(m)
-            rec = recommend(latest(measured), [base["label_on_device"], base["image_to_edge"]], config.max_drop)
-            callback("candidate", {"measured": m.to_dict(), "done": count, "planned": sum(plan),
-                                   "best": rec["candidate"], "elapsed_s": time.perf_counter() - t0,
-                                   "left_s": timing.left(plan, count, images * epochs, config.eta)})
-        kept = promote(this_round, config.eta, config.max_drop)
-        callback("round", {"round": r, "images": images, "epochs": epochs, "kept": [m.name for m in kept]})
-        if not kept or r + 1 == config.rounds:
-            break
-        pool = [(next(p for p in points if p["name"] == m.split), m.rate) for m in kept]
-
-    final = latest(measured)
-    pool_names = {(p["name"], rate) for p in points for rate in config.rates}
-    final = [m for m in final if (m.split, m.rate) in pool_names]
-    rows = [m.to_dict() for m in final] + [base["label_on_device"], base["image_to_edge"]]
-    result = SearchResult(
-        out=str(out), model=config.backbone.model, channel=channel.name, condition=condition,
-        validation={"source": source, "images": len(y), "backbone_top1": base["backbone_val_top1"],
-                    "backbone_may_have_seen": not config.val_data and backbone.weights != "random"},
-        splits=points, rates=list(config.rates), rate_unit="bits per image" if config.bits_per_image else "ratio",
-        candidates=[m.to_dict() for m in measured], skipped=list(skipped.values()), final=[m.name for m in final],
-        pareto=pareto(rows), baselines=base,
-        recommendation=recommend(final, [base["label_on_device"], base["image_to_edge"]], config.max_drop),
-        budget=asdict(config.budget), seconds=time.perf_counter() - t0,
-    )
+    search = _Halving(config, out, state, model, channel, points, val, base, callback, t0)
+    search.skipped.update(skipped)
+    search.run()
+    result = search.result()
     _write(out, {**state, **result.to_dict(), "config": config.to_dict()})
     return result
 
@@ -278,6 +205,9 @@ def read_search(out: str | Path) -> SearchResult:
 
 
 def _check(c: SearchConfig) -> None:
+    """The search's own options, then the checks every candidate's fit makes before it builds
+    anything (run.fit.check_fit_inputs: numbers, paths, the device, the channel, the feature cache,
+    and the preset's code over the channel), once, before a model is loaded."""
     c.budget.validate()
     bad = [(k, v) for k, v in (("--eta", c.eta), ("--rounds", c.rounds), ("--first-images", c.first_images),
                                ("--first-epochs", c.first_epochs), ("--draws", c.draws),
@@ -290,14 +220,26 @@ def _check(c: SearchConfig) -> None:
     if not c.rates:
         raise BnppError("no rates to try: give --ratios (or --bits-per-image) with at least one value")
     for rate in c.rates:
-        rate_to_ratio(rate, 1, c.channel.bits if c.channel.build().digital else None, c.bits_per_image)
+        rate_to_ratio(rate, 1, c.channel.build().bits_per_element, c.bits_per_image)
+    fit = _checked_fit(c)
+    if c.first_images < fit.batch_size:
+        raise BnppError(f"--first-images {c.first_images} is fewer than a batch ({fit.batch_size}): nothing would train")
+
+
+def _checked_fit(c: SearchConfig) -> FitConfig:
+    """A candidate's fit as its split and ratio leave it (the preset's recipe filled in), put
+    through the fit's own checks; its directory is one no candidate has, so nothing is found there."""
+    fit = resolve_recipe(_fit_config(c, Path(c.out) / CANDIDATES_DIR / ".check", split="", ratio=None,
+                                     images=c.first_images, epochs=c.first_epochs))
+    check_fit_inputs(fit, RunDir(fit.out))
+    return fit
 
 
 def _read_state(out: Path, config: SearchConfig) -> dict[str, Any]:
     """search.json of a search of the same model, data and channel (to resume), or a new state."""
     path = out / SEARCH_FILE
     if not path.is_file():
-        if out.is_dir() and any(p.name not in ("candidates", VAL_FILE, FEATURES_DIR) for p in out.iterdir()):
+        if out.is_dir() and any(p.name not in (CANDIDATES_DIR, VAL_FILE, FEATURES_DIR) for p in out.iterdir()):
             raise RunError(f"--out {out} holds files that are not a bnpp search's (no {SEARCH_FILE})",
                            hint="choose an empty or new directory")
         return {"schema": SEARCH_SCHEMA, "status": "running", "config": config.to_dict()}
@@ -321,89 +263,213 @@ def _write(out: Path, state: dict[str, Any]) -> None:
     write_json(out / SEARCH_FILE, state)
 
 
-def _splits(config: SearchConfig, traced, cumulative: dict[str, int], total_macs: int) -> list[dict[str, Any]]:
-    """The candidate split points with their shapes and head MACs (per image)."""
+@dataclass
+class _Model:
+    """The backbone, traced, with the MACs per image up to each graph node (the head's at a split)."""
+
+    backbone: Backbone
+    traced: TracedModel
+    cumulative: dict[str, int]
+    total_macs: int
+
+
+def _load_model(config: SearchConfig) -> _Model:
+    torch.manual_seed(config.seed)
+    backbone = load_backbone(config.backbone)
+    traced = trace_model(backbone.model, backbone.input_size, config.backbone.model)
+    per_node = node_macs(traced.graph_module, torch.zeros(1, *backbone.input_size))
+    cumulative, running = {}, 0
+    for n in traced.graph_module.graph.nodes:
+        running += per_node.get(n.name, 0)
+        cumulative[n.name] = running
+    return _Model(backbone, traced, cumulative, running)
+
+
+def _candidates(config: SearchConfig, model: _Model, bits: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The split points to search, with their shapes, layouts and head MACs (per image), and the
+    (split, rate) pairs the codec cannot plan (skipped, with why): --splits as given (a point whose
+    layout the model does not settle is refused), or 'auto' over every point whose layout is known,
+    the last one (the logits) excluded (candidates.choose_candidates)."""
     if config.splits:
-        points = [traced.find(name) for name in config.splits]
+        points = [model.traced.find(name) for name in config.splits]
+        for p in points:
+            p.require_layout()
     else:
-        # conv maps (C, H, W): the feature kind every preset codes; the last point (the logits) is no split
-        usable = [p for p in traced.list_points() if len(p.shape) == 3 and cumulative[p.node] < total_macs]
-        names = choose_splits([p.name for p in usable], [cumulative[p.node] for p in usable], total_macs,
-                              config.auto_splits)
-        points = [p for p in usable if p.name in names]
-    return [{"name": p.name, "shape": list(p.shape), "elements": p.elements, "head_macs": cumulative[p.node]}
-            for p in points]
+        points = [p for p in model.traced.list_points()
+                  if p.layout is not None and model.cumulative[p.node] < model.total_macs]
+    chosen, why = choose_candidates(points, [model.cumulative[p.node] for p in points], model.total_macs,
+                                    config.rates, config.preset, bits, config.bits_per_image,
+                                    None if config.splits else config.auto_splits, config.backbone.model)
+    skipped = {}
+    for p in chosen:
+        for rate, reason in why[p.name].items():
+            name = _name(p.name, rate, config.bits_per_image, config.first_images, config.first_epochs)
+            skipped[name] = {"name": name, "split": p.name, "rate": rate, "reason": reason}
+    rows = [{"name": p.name, "shape": list(p.shape), "layout": p.layout.describe(), "elements": p.elements,
+             "head_macs": model.cumulative[p.node]} for p in chosen]
+    return rows, skipped
+
+
+@dataclass
+class _Validation:
+    path: str  # the images as `bnpp eval` reads them (--val-data, or DIR/val.npz)
+    source: str  # where they come from, in words
+    images: int
+    train_images: int  # what a fit trains on once they are held out
+
+
+def _validation(config: SearchConfig, model: _Model, out: Path, state: dict[str, Any]) -> _Validation:
+    """The validation images (written as DIR/val.npz when held out of --data), and the uncut model's
+    and the image encodings' figures on them (measured once, kept in the state)."""
+    b = model.backbone
+    x, y, classes, source, train_images = bl.validation_images(
+        config.data, config.val_data, config.val_fraction, config.seed, tuple(b.input_size[1:]), b.num_classes,
+        config.data_root)
+    if not config.val_data and not (out / VAL_FILE).is_file():
+        bl.write_images_npz(out / VAL_FILE, x, y, classes)
+    if "images" not in state:
+        state["images"] = bl.measure_images(b.model, x, y, b.data_config)
+        _write(out, state)
+    return _Validation(config.val_data or str(out / VAL_FILE), source, len(y), train_images)
 
 
 def _name(split: str, rate: float, per_image: bool, images: int, epochs: int) -> str:
     return f"{split}-{'b' if per_image else 'r'}{rate:g}-n{images}-e{epochs}"
 
 
-def _measure(config: SearchConfig, point: dict[str, Any], rate: float, r: int, images: int, epochs: int,
-             name: str, out: Path, val_path: str, target: float | None, total_macs: int, channel) -> Measured:
-    """Fit one candidate (or reuse / resume its run), then measure it on the validation images."""
-    ratio = rate_to_ratio(rate, point["elements"], channel.bits if channel.digital else None, config.bits_per_image)
-    fit = FitConfig(backbone=config.backbone, split=point["name"], data=config.data,
-                    out=str(out / "candidates" / name), channel=config.channel, ratio=ratio, preset=config.preset,
-                    val_data=config.val_data, val_fraction=config.val_fraction, data_root=config.data_root,
-                    limit=images, codec_epochs=epochs, batch_size=config.batch_size, augment=config.augment,
-                    feature_cache=str(out / FEATURES_DIR) if _caching(config) else False,
-                    device=config.device, seed=config.seed)
-    t = fit_and_measure(fit, val_path, [target] if target is not None else None, config.draws)
-    ev = t.evaluation
-    top1 = ev.results[0]["top1_mean"] if ev.results else ev.noiseless_top1
-    bits = ev.code_symbols * (ev.bits or 32)  # analog symbols as float32 on the wire
-    device_macs = point["head_macs"] + t.encoder_macs
-    edge_macs = total_macs - point["head_macs"] + t.decoder_macs
-    return Measured(name=name, split=point["name"], rate=rate, round=r, images=images, epochs=epochs,
-                    device_macs=device_macs, edge_macs=edge_macs, symbols=ev.code_symbols, bits_per_image=bits,
-                    bandwidth_ratio=ev.bandwidth_ratio, val_top1=top1, val_drop=100 * (ev.backbone_top1 - top1),
-                    fit_seconds=t.fit_seconds, run=t.run, features_s=t.features_s,
-                    latency_ms=latency_ms(device_macs, bits, edge_macs, config.budget))
+def _fit_config(config: SearchConfig, out: Path, split: str, ratio: float | None, images: int,
+                epochs: int) -> FitConfig:
+    """A candidate's fit: the search's backbone, data, channel, preset and recipe at one split and ratio."""
+    return FitConfig(backbone=config.backbone, split=split, data=config.data, out=str(out), channel=config.channel,
+                     ratio=ratio, preset=config.preset, val_data=config.val_data, val_fraction=config.val_fraction,
+                     data_root=config.data_root, limit=images, codec_epochs=epochs, batch_size=config.batch_size,
+                     augment=config.augment,
+                     feature_cache=str(Path(config.out) / FEATURES_DIR) if _caching(config) else False,
+                     device=config.device, seed=config.seed)
 
 
 def _caching(config: SearchConfig) -> bool:
-    """Does the search's fits use the feature cache (they can only without augmentation)?"""
-    if config.feature_cache and config.augment:
-        raise BnppError("--cache-features needs fixed inputs: it cannot be combined with --augment",
-                        hint="add --no-augment")
+    """Do the search's fits share the feature cache? Asked: as asked (a fit refuses it with
+    augmentation); by default, whenever they do not augment."""
     return config.feature_cache if config.feature_cache is not None else not config.augment
 
 
-def _plan(n: int, config: SearchConfig) -> list[int]:
-    """Candidates per round if every round keeps ceil(n / eta)."""
-    plan = [n]
-    for _ in range(config.rounds - 1):
-        plan.append(max(1, math.ceil(plan[-1] / config.eta)))
-    return plan
+class _Halving:
+    """Successive halving over (split, rate): round r fits what round r - 1 kept at eta^r times round 0's
+    budget; finished fits (and their measurements) are reused, every new one is written to the state."""
 
+    def __init__(self, config: SearchConfig, out: Path, state: dict[str, Any], model: _Model, channel,
+                 points: list[dict[str, Any]], val: _Validation, base: dict[str, Any], callback: Callback, t0: float):
+        self.config, self.out, self.state, self.model, self.channel = config, out, state, model, channel
+        self.points, self.val, self.base, self.callback, self.t0 = points, val, base, callback, t0
+        self.target = channel.condition_from_param(channel.param_range[1]) if channel.condition_name else None
+        self.condition = channel.format_condition(self.target) if self.target is not None else "noiseless link"
+        self.done: dict[str, dict[str, Any]] = {m["name"]: m for m in state.get("candidates", [])}
+        for m in self.done.values():  # measured under another budget, maybe: the latency is this one's
+            m["latency_ms"] = latency_ms(m["device_macs"], m["bits_per_image"], m["edge_macs"], config.budget)
+        self.measured = [Measured(**m) for m in self.done.values()]
+        self.skipped: dict[str, dict[str, Any]] = {s["name"]: s for s in state.get("skipped", [])}
+        self.timing = TimeLeft()
+        self.count = 0
+        self.plan: list[int] = []
 
-class _Timing:
-    """Seconds left: this session's fits give seconds per image pass and per-candidate overhead."""
+    @property
+    def _baselines(self) -> list[dict[str, Any]]:
+        return [self.base["label_on_device"], self.base["image_to_edge"]]
 
-    def __init__(self):
-        self.wall = self.fit = self.passes = 0.0
-        self.n = 0
+    def run(self) -> None:
+        """Every round, each keeping ~1/eta of its candidates for the next."""
+        c = self.config
+        pool = [(p, r) for p in self.points for r in c.rates
+                if _name(p["name"], r, c.bits_per_image, c.first_images, c.first_epochs) not in self.skipped]
+        self.plan = round_sizes(len(pool), c.rounds, c.eta)
+        self.callback("start", {"splits": [p["name"] for p in self.points], "rates": c.rates, "planned": sum(self.plan),
+                                "rounds": self.plan, "condition": self.condition, "validation": self.val.source,
+                                "images": self.val.images})
+        for r in range(c.rounds):
+            images, epochs = round_budget(r, c.first_images, c.first_epochs, c.eta, self.val.train_images)
+            this_round = [m for point, rate in pool if (m := self._candidate(point, rate, r, images, epochs))]
+            kept = promote(this_round, c.eta, c.max_drop)
+            self.callback("round", {"round": r, "images": images, "epochs": epochs, "kept": [m.name for m in kept]})
+            if not kept or r + 1 == c.rounds:
+                break
+            pool = [(next(p for p in self.points if p["name"] == m.split), m.rate) for m in kept]
+        if not self.measured:
+            reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in self.skipped.values())
+            raise BnppError(f"{c.backbone.model}: no candidate could be fitted ({reasons[:300]})",
+                            hint="try other rates or --splits (see `bnpp profile`)")
 
-    def add(self, wall: float, fit: float, passes: int) -> None:
-        self.wall, self.fit, self.passes, self.n = self.wall + wall, self.fit + fit, self.passes + passes, self.n + 1
-
-    def left(self, plan: list[int], done: int, passes: int, eta: int) -> float | None:
-        if not self.n or not self.passes:
+    def _candidate(self, point: dict[str, Any], rate: float, r: int, images: int, epochs: int) -> Measured | None:
+        """One (split, rate) at round r's budget: its measurement, reused or fitted now (None: skipped)."""
+        c = self.config
+        name = _name(point["name"], rate, c.bits_per_image, images, epochs)
+        self.count += 1
+        if name in self.skipped:
             return None
-        per_pass, overhead = self.fit / self.passes, (self.wall - self.fit) / self.n
-        left, seen = 0.0, 0
-        for r, k in enumerate(plan):
-            remaining = max(0, min(k, seen + k - done))
-            left += remaining * (overhead + per_pass * passes * eta ** max(0, r - _round_of(plan, done)))
-            seen += k
-        return left
+        if name in self.done:
+            m = Measured(**self.done[name])
+        else:
+            m = self._fit(point, rate, r, images, epochs, name)
+            if m is None:
+                return None
+        rec = recommend(latest(self.measured), self._baselines, c.max_drop)
+        self.callback("candidate", {"measured": m.to_dict(), "done": self.count, "planned": sum(self.plan),
+                                    "best": rec["candidate"], "elapsed_s": time.perf_counter() - self.t0,
+                                    "left_s": self.timing.left(self.plan, self.count, images * epochs, c.eta)})
+        return m
+
+    def _fit(self, point: dict[str, Any], rate: float, r: int, images: int, epochs: int, name: str) -> Measured | None:
+        """Fit and measure one candidate now, and write it to the state (a CodecError: skipped, with why)."""
+        started = time.perf_counter()
+        self.callback("fit", {"name": name, "round": r, "images": images, "epochs": epochs, "done": self.count - 1,
+                              "planned": sum(self.plan)})
+        try:
+            m = _measure(self.config, point, rate, r, images, epochs, name, self.out, self.val.path, self.target,
+                         self.model.total_macs, self.channel.bits_per_element)
+        except CodecError as e:
+            self.skipped[name] = {"name": name, "split": point["name"], "rate": rate, "reason": str(e)}
+            self.state["skipped"] = list(self.skipped.values())
+            _write(self.out, self.state)
+            return None
+        self.timing.add(time.perf_counter() - started, m.fit_seconds, images * epochs)
+        self.measured.append(m)
+        self.done[name] = m.to_dict()
+        self.state["candidates"] = list(self.done.values())
+        _write(self.out, self.state)
+        return m
+
+    def result(self) -> SearchResult:
+        """Each (split, rate) of this search at its longest fit, the Pareto set and the recommendation."""
+        c, base = self.config, self.base
+        names = {(p["name"], rate) for p in self.points for rate in c.rates}
+        final = [m for m in latest(self.measured) if (m.split, m.rate) in names]
+        rows = [m.to_dict() for m in final] + self._baselines
+        b = self.model.backbone
+        return SearchResult(
+            out=str(self.out), model=c.backbone.model, channel=self.channel.name, condition=self.condition,
+            validation={"source": self.val.source, "images": self.val.images, "backbone_top1": base["backbone_val_top1"],
+                        "backbone_may_have_seen": not c.val_data and b.weights != "random"},
+            splits=self.points, rates=list(c.rates), rate_unit="bits per image" if c.bits_per_image else "ratio",
+            candidates=[m.to_dict() for m in self.measured], skipped=list(self.skipped.values()),
+            final=[m.name for m in final], pareto=pareto(rows), baselines=base,
+            recommendation=recommend(final, self._baselines, c.max_drop), budget=asdict(c.budget),
+            seconds=time.perf_counter() - self.t0)
 
 
-def _round_of(plan: list[int], done: int) -> int:
-    seen = 0
-    for r, k in enumerate(plan):
-        seen += k
-        if done < seen:
-            return r
-    return len(plan) - 1
+def _measure(config: SearchConfig, point: dict[str, Any], rate: float, r: int, images: int, epochs: int,
+             name: str, out: Path, val_path: str, target: float | None, total_macs: int,
+             bits: int | None) -> Measured:
+    """Fit one candidate (or reuse / resume its run), then measure it on the validation images."""
+    ratio = rate_to_ratio(rate, point["elements"], bits, config.bits_per_image)
+    fit = _fit_config(config, out / CANDIDATES_DIR / name, point["name"], ratio, images, epochs)
+    t = fit_and_measure(fit, val_path, [target] if target is not None else None, config.draws)
+    ev = t.evaluation
+    top1 = ev.results[0]["top1_mean"] if ev.results else ev.noiseless_top1
+    symbols, sent = sent_per_image(ev)
+    device_macs = point["head_macs"] + t.encoder_macs
+    edge_macs = total_macs - point["head_macs"] + t.decoder_macs
+    return Measured(name=name, split=point["name"], rate=rate, round=r, images=images, epochs=epochs,
+                    device_macs=device_macs, edge_macs=edge_macs, symbols=symbols, bits_per_image=sent,
+                    bandwidth_ratio=ev.bandwidth_ratio, val_top1=top1, val_drop=100 * (ev.backbone_top1 - top1),
+                    fit_seconds=t.fit_seconds, run=t.run, features_s=t.features_s,
+                    latency_ms=latency_ms(device_macs, sent, edge_macs, config.budget))
