@@ -232,8 +232,19 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
                 row.max_abs_diff = float((tail(head(inputs[:8])) - reference).abs().max())
         rows.append(row)
 
+    notes = _notes(rows, backbone.weights, source, config.budget)
+    return ModelProfile(
+        model=config.backbone.model, input_size=list(input_size), weights=backbone.weights, inputs=source,
+        total_macs=total_macs, total_params=total_params, latency_ms=full_ms, split_points=rows,
+        recommendation=recommend(rows, config.budget, input_size, total_macs), notes=notes,
+        latency_range_ms=spread[-1], latency_repeats=config.repeats,
+    )
+
+
+def _notes(rows: list[PointProfile], weights: str, source: str, budget: Budget) -> list[str]:
+    """The caveats of a profile in words: random weights or inputs, unknown layouts, expanding payloads."""
     notes = []
-    if backbone.weights == "random":
+    if weights == "random":
         notes.append("weights are random (timm init): sparsity figures describe an untrained model")
     unknown = [r.name for r in rows if r.layout["kind"] == "unknown"]
     if unknown:
@@ -241,16 +252,11 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
                      "there (--json gives the reason)")
     expanded = [r.name for r in rows if r.payload_ratio < 1]
     if expanded:
-        notes.append(f"{config.budget.bits_per_image:g} bits per image exceed the float32 feature at "
+        notes.append(f"{budget.bits_per_image:g} bits per image exceed the float32 feature at "
                      f"{', '.join(expanded)} (ratio below 1): sending the feature itself would be smaller there")
     if source == "random":
         notes.append("sparsity measured on random normal inputs, not images: pass --data for real figures")
-    return ModelProfile(
-        model=config.backbone.model, input_size=list(input_size), weights=backbone.weights, inputs=source,
-        total_macs=total_macs, total_params=total_params, latency_ms=full_ms, split_points=rows,
-        recommendation=recommend(rows, config.budget, input_size, total_macs), notes=notes,
-        latency_range_ms=spread[-1], latency_repeats=config.repeats,
-    )
+    return notes
 
 
 def _layout_of(p: SplitPoint) -> dict[str, Any]:
