@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import subprocess
 import sys
 
@@ -56,3 +57,16 @@ def test_every_exported_dataclass_documents_every_field():
             missing[cls.__name__] = lacking
     assert not missing, missing
     assert {"FitConfig", "RunConfig", "ChannelConfig", "BackboneConfig"} <= {c.__name__ for c in classes}
+
+
+def test_fit_progress_says_when_it_calibrates():
+    from rich.console import Console
+
+    from bnpp_cli.cli.progress import FitProgress
+
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    progress = FitProgress(console=console)
+    progress("calibrate", {"step": "length table"})
+    progress("calibrate", {"step": "entropy tables", "images": 512})
+    assert console.file.getvalue().splitlines() == ["calibrating the length table ...",
+                                                    "calibrating the entropy tables on 512 images ..."]

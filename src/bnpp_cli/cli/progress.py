@@ -61,6 +61,10 @@ class FitProgress:
         elif event == "features":
             how = "computed" if info["built"] else "reused"
             self._line(f"Feature cache: {how} for {info['rows']} images ({info['where']}, {info['build_s']:.1f} s)")
+        elif event == "calibrate":  # the preset's step after training (codec.kinds), before the run is saved
+            self._stop_bar()
+            on = f" on {info['images']} images" if info.get("images") else ""
+            self._line(f"calibrating the {info['step']}{on} ...")
         elif event == "interrupted":
             self._stop_bar()
             where = "at its end" if info["batch"] is None else f"after batch {info['batch']}"
