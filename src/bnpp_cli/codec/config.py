@@ -190,6 +190,61 @@ def _largest_ratio(elements: int, h: int, w: int, prefix: int, spatial: bool) ->
     return elements / (math.prod(_code_hw(h, w, spatial)) + prefix)
 
 
+def _checked_shape(feature_shape, layout: FeatureLayout | None) -> tuple[tuple[int, ...], FeatureLayout]:
+    """The feature shape as positive ints, and its layout (None: a (C, H, W) conv map)."""
+    shape = tuple(feature_shape)
+    if any(not isinstance(d, int) and int(d) != d or d < 1 for d in shape):
+        raise CodecError(f"feature shape {shape} must hold positive integers")
+    shape = tuple(int(d) for d in shape)
+    if layout is None:
+        if len(shape) != 3:
+            raise CodecError(f"feature shape {shape} has no layout: give the split point's layout "
+                             f"(tokens, vector; see `bnpp profile`), or a (C, H, W) map")
+        layout = FeatureLayout("nchw")
+    return shape, layout
+
+
+class _Grid:
+    """The feature as the codec plans it: its map (C, H, W), elements and P prefix tokens."""
+
+    def __init__(self, shape: tuple[int, ...], layout: FeatureLayout, c: int, h: int, w: int):
+        self.shape, self.layout, self.c, self.h, self.w = shape, layout, c, h, w
+        self.elements, self.prefix, self.one_d = math.prod(shape), layout.prefix_tokens, layout.one_d
+        self.can_halve = h >= 2 and (self.one_d or w >= 2)
+
+    def positions(self, spatial: bool) -> int:
+        """H' W' of the code (T' for the 1-D codec)."""
+        return math.prod(_code_hw(self.h, 1 if self.one_d else self.w, spatial))
+
+    def from_channels(self, code_channels, spatial: bool) -> tuple[bool, int, int]:
+        """(spatial, C', k) for a given C'."""
+        if int(code_channels) != code_channels or code_channels < 1:
+            raise CodecError(f"code_channels {code_channels} must be a positive integer")
+        c_code = int(code_channels)
+        k = max(1, round(c_code * self.positions(spatial) / (self.h * self.w))) if self.prefix else 0
+        return spatial, c_code, k
+
+    def from_ratio(self, ratio, spatial_reduction: bool | None, spec) -> tuple[bool, int, int]:
+        """(spatial, C', k) for a target ratio R (plan_codec's docstring has the rules)."""
+        r, c, prefix = float(ratio), self.c, self.prefix
+        if not (math.isfinite(r) and r > 0):
+            raise CodecError(f"ratio {ratio} must be a finite number > 0")
+        spatial = spatial_reduction
+        if spatial_reduction is None:
+            spatial = (c / r < 1 and self.can_halve) or (not self.one_d and spec.halves_thin_code(c, self.h, self.w, r))
+        k = max(1, round(c / r)) if prefix else 0
+        if prefix and spec.prefix_share:  # the preset's share of the symbols for the prefix tokens (at most D each)
+            k_share = max(k, min(c, round(spec.prefix_share * self.elements / r / prefix)))
+            if (self.elements / r - prefix * k_share) / self.positions(spatial) >= 1:
+                k = k_share
+        ideal = (self.elements / r - prefix * k) / self.positions(spatial)
+        if ideal < 1:
+            raise CodecError(f"ratio {r:g} cannot be met at this split ({' x '.join(map(str, self.shape))}, "
+                             f"{self.layout.describe()}): the code would need C' < 1; the largest ratio here is "
+                             f"{_largest_ratio(self.elements, self.h, 1 if self.one_d else self.w, prefix, spatial):g}")
+        return spatial, max(1, round(ideal)), k
+
+
 def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None = None, ratio: float | None = None,
                code_channels: int | None = None, spatial_reduction: bool | None = None,
                preset: str = "bnpp", output_activation: str | None = None,
@@ -210,57 +265,22 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
     C' = round((elements / R - P k) / (H' W')). The achieved ratio is ``config.bandwidth_ratio`` and
     may differ from R by that rounding: the symbols are within H' W' / 2 (half a code channel) of
     elements / R."""
-    shape = tuple(feature_shape)
-    if any(not isinstance(d, int) and int(d) != d or d < 1 for d in shape):
-        raise CodecError(f"feature shape {shape} must hold positive integers")
-    shape = tuple(int(d) for d in shape)
-    if layout is None:
-        if len(shape) != 3:
-            raise CodecError(f"feature shape {shape} has no layout: give the split point's layout "
-                             f"(tokens, vector; see `bnpp profile`), or a (C, H, W) map")
-        layout = FeatureLayout("nchw")
+    shape, layout = _checked_shape(feature_shape, layout)
     try:
         c, h, w = layout.map_shape(shape)
     except LayoutError as e:
         raise CodecError(str(e)) from None
-    elements, prefix = math.prod(shape), layout.prefix_tokens
-    one_d = layout.one_d
     spec = get_preset(preset)
     if (ratio is None) == (code_channels is None):
         raise CodecError(f"give exactly one of ratio ({ratio}) and code_channels ({code_channels})")
-    can_halve = h >= 2 and (one_d or w >= 2)
-    if spatial_reduction and not can_halve:
+    grid = _Grid(shape, layout, c, h, w)
+    if spatial_reduction and not grid.can_halve:
         raise CodecError(f"spatial reduction needs H, W >= 2 (T >= 2 for tokens); this split is "
                          f"{c} x {h} x {w} as a map ({layout.describe()})")
-
-    def code_positions(spatial: bool) -> int:
-        return math.prod(_code_hw(h, 1 if one_d else w, spatial))
-
     if code_channels is not None:
-        if int(code_channels) != code_channels or code_channels < 1:
-            raise CodecError(f"code_channels {code_channels} must be a positive integer")
-        spatial = bool(spatial_reduction)
-        c_code = int(code_channels)
-        k = max(1, round(c_code * code_positions(spatial) / (h * w))) if prefix else 0
+        spatial, c_code, k = grid.from_channels(code_channels, bool(spatial_reduction))
     else:
-        r = float(ratio)  # type: ignore[arg-type]
-        if not (math.isfinite(r) and r > 0):
-            raise CodecError(f"ratio {ratio} must be a finite number > 0")
-        if spatial_reduction is None:
-            spatial = (c / r < 1 and can_halve) or (not one_d and spec.halves_thin_code(c, h, w, r))
-        else:
-            spatial = spatial_reduction
-        k = max(1, round(c / r)) if prefix else 0
-        if prefix and spec.prefix_share:  # the preset's share of the symbols for the prefix tokens (at most D each)
-            k_share = max(k, min(c, round(spec.prefix_share * elements / r / prefix)))
-            if (elements / r - prefix * k_share) / code_positions(spatial) >= 1:
-                k = k_share
-        ideal = (elements / r - prefix * k) / code_positions(spatial)
-        if ideal < 1:
-            raise CodecError(f"ratio {r:g} cannot be met at this split ({' x '.join(map(str, shape))}, "
-                             f"{layout.describe()}): the code would need C' < 1; the largest ratio here is "
-                             f"{_largest_ratio(elements, h, 1 if one_d else w, prefix, spatial):g}")
-        c_code = max(1, round(ideal))
+        spatial, c_code, k = grid.from_ratio(ratio, spatial_reduction, spec)
 
     if output_activation is None:
         output_activation = "relu" if feature_nonnegative else "none"
