@@ -1,47 +1,38 @@
-"""examples/ run as a user runs them: each script in its own process, from a temporary directory."""
+"""examples/ run as they are shown: each script as a subprocess, on the public API only."""
 
 from __future__ import annotations
 
-import os
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
 
-def _run(script: str, *args: str, cwd: Path) -> str:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+def test_there_are_examples():
+    assert {p.name for p in EXAMPLES} >= {"split_and_profile.py", "fit_and_deploy.py"}
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
+def test_example_imports_only_the_top_level_api(script):
+    tree = ast.parse(script.read_text())
+    bnpp = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+            and any(name.startswith("bnpp_cli") for name in
+                    ([node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]))]
+    assert bnpp and all(isinstance(node, ast.ImportFrom) and node.module == "bnpp_cli" for node in bnpp)
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(script, tmp_path):
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-def test_examples_are_all_tested():
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["fit_and_deploy.py", "split_and_profile.py"]
-
-
-@pytest.mark.parametrize("script", ["fit_and_deploy.py", "split_and_profile.py"])
-def test_example_uses_only_the_top_level_api(script):
-    source = (EXAMPLES / script).read_text()
-    assert "from bnpp_cli." not in source and "import bnpp_cli." not in source
-
-
-def test_split_and_profile_cuts_exactly_and_recommends(tmp_path):
-    out = _run("split_and_profile.py", cwd=tmp_path)
-    cuts = [line for line in out.splitlines() if "exact=" in line]
-    assert len(cuts) >= 4 and all(line.endswith("exact=True") for line in cuts)
-    assert "recommended split:" in out
-
-
-def test_fit_and_deploy_runs_the_whole_path(tmp_path):
-    out = _run("fit_and_deploy.py", str(tmp_path / "work"), cwd=tmp_path)
-    assert "fitted" in out and "noiseless" in out
-    bytes_line = [line for line in out.splitlines() if "bytes on the wire" in line]
-    assert len(bytes_line) == 1 and int(bytes_line[0].split()[0]) > 0
-    assert (tmp_path / "work" / "run" / "config.json").is_file()
-    assert list((tmp_path / "work" / "deploy").iterdir())
-    assert not (tmp_path / "runs").exists()  # nothing written outside the directory it was given
+    if script.name == "split_and_profile.py":
+        assert "exact=True" in done.stdout and "exact=False" not in done.stdout
+        assert "recommended split:" in done.stdout
+    if script.name == "fit_and_deploy.py":
+        assert "fitted in" in done.stdout and "noiseless" in done.stdout
+        assert done.stdout.count("816 bytes on the wire") == 4  # file, PIL image, two tensor rows
+    assert not list(tmp_path.iterdir())  # nothing left behind
