@@ -49,8 +49,8 @@ class EvalConfig:
         data: the test images (.npz, ImageFolder directory or dataset name).
         conditions: the conditions to evaluate, dB PSNR for analog channels, probabilities for
             digital ones; default None: the channel's default conditions.
-        condition_flag: the command-line flag that gave them, checked against the channel; default
-            None (given from Python: no check of the flag).
+        condition_name: which condition the values are ("snr_db", "erasure" or "flip"), checked
+            against the run's channel; default None (no check: the channel's own condition).
         draws: independent noise draws per condition; default 5 (a mean and a spread).
         batch_size: images per forward pass; default 256.
         limit: only the first N test images; default None (all).
@@ -62,7 +62,7 @@ class EvalConfig:
     run: str
     data: str
     conditions: Sequence[float] | None = None  # dB for analog channels, probabilities for digital ones
-    condition_flag: str | None = None  # the flag that gave them ("--snr" | "--erasure"), checked against the channel
+    condition_name: str | None = None  # which condition they are ("snr_db" | "erasure" | "flip"), checked against the channel
     draws: int = 5  # independent noise draws per condition
     batch_size: int = 256
     limit: int | None = None  # only the first N test images
@@ -152,8 +152,8 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     run_config = run.config if run is not None else _checked_run_config(config.run)
     channel = run_config.channel.build()
     requested = config.conditions
-    if config.condition_flag is not None:
-        requested = select_condition(channel, {config.condition_flag: requested}, "this run's")
+    if config.condition_name is not None:
+        requested = select_condition(channel, {config.condition_name: requested}, "this run's")
     conditions = _conditions(channel, requested)
     dataset = _test_set(config, run_config)
     run = run or load_run(config.run)
