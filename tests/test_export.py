@@ -178,3 +178,33 @@ def test_flip_flag_drives_bsc_and_erasure_is_refused_with_a_hint(tmp_path, fitte
     assert r.exit_code == 2 and "--snr does not apply to this export's channel 'bsc'" in r.output
     r = runner.invoke(app, ["predict", str(tmp_path / "deploy"), str(img), "--snr", "10", "--flip", "0.1"])
     assert r.exit_code == 2 and "give one condition, not --snr and --flip" in r.output
+
+
+def test_predict_takes_paths_pil_images_and_tensors_alike(tmp_path, fitted):
+    from bnpp_cli import PredictConfig, predict
+    from bnpp_cli.data.batching import BatchTransform
+    from bnpp_cli.errors import BnppError, ChannelError, DataError
+
+    run_dir, data, _ = fitted()
+    export_halves(run_dir, tmp_path / "deploy")
+    x = np.load(data)["x"][:3]
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for p, image in zip(paths, x):
+        Image.fromarray(image).save(p)
+    config = PredictConfig(str(tmp_path / "deploy"), condition=10.0, condition_name="snr_db", top_k=3, seed=2)
+    dc = load_run(run_dir).config.data_config
+    normalised = BatchTransform(dc["mean"], dc["std"], augment=False)(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
+    by_file = predict(config, [str(tmp_path / "*.png")])
+    assert [p.image for p in by_file.predictions] == [str(p) for p in paths]
+    for images in ([Image.fromarray(image) for image in x], torch.from_numpy(x), x, normalised):
+        other = predict(config, images)
+        assert [p.image for p in other.predictions] == ["<image 0>", "<image 1>", "<image 2>"]
+        for a, b in zip(other.predictions, by_file.predictions):
+            assert [c for c, _ in a.top] == [c for c, _ in b.top]
+            assert [v for _, v in a.top] == pytest.approx([v for _, v in b.top], abs=1e-6)
+    with pytest.raises(DataError, match=r"expected uint8 \(N, H, W, 3\)"):
+        predict(config, torch.zeros(2, 3, 8, 8))
+    with pytest.raises(BnppError, match="`top_k` 0"):
+        predict(PredictConfig(str(tmp_path / "deploy"), top_k=0), paths)
+    with pytest.raises(ChannelError, match="`flip` does not apply to this export's channel 'awgn'"):
+        predict(PredictConfig(str(tmp_path / "deploy"), condition=0.1, condition_name="flip"), paths)
