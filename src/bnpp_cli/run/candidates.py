@@ -40,8 +40,8 @@ class Measured:
     epochs: int
     device_macs: int  # head + encoder, per image
     edge_macs: int  # decoder + tail, per image
-    symbols: int  # real channel symbols per image
-    bits_per_image: int  # digital: bits x symbols; analog: 32 x symbols (float32 symbols on the wire)
+    symbols: int  # real channel symbols per image sent at the target condition
+    bits_per_image: float  # as evaluated (measure.sent_per_image): digital frames measured; analog 32 x symbols
     bandwidth_ratio: float
     val_top1: float  # mean over noise draws, at the target condition
     val_drop: float  # points of top-1 vs the uncut model on the same images

@@ -219,8 +219,9 @@ def _check(c: SearchConfig) -> None:
                         hint="--eta >= 2; --rounds, --first-images, --first-epochs, --draws >= 1; --max-drop >= 0")
     if not c.rates:
         raise BnppError("no rates to try: give --ratios (or --bits-per-image) with at least one value")
+    bits = c.channel.build().bits_per_element  # validates the channel; None on analog ones
     for rate in c.rates:
-        rate_to_ratio(rate, 1, c.channel.build().bits_per_element, c.bits_per_image)
+        rate_to_ratio(rate, 1, bits, c.bits_per_image)
     fit = _checked_fit(c)
     if c.first_images < fit.batch_size:
         raise BnppError(f"--first-images {c.first_images} is fewer than a batch ({fit.batch_size}): nothing would train")
