@@ -43,22 +43,14 @@ def profile(
     """List valid split points with compute, feature size and sparsity; recommend where to split."""
     from dataclasses import replace
 
-    from ..errors import BnppError
-    from ..split.profile import Budget, ProfileConfig, profile_model
+    from ..split.profile import ProfileConfig, profile_model
     from .render import render_measured, render_profile
 
-    if ratio is not None and bits_per_image is not None:
-        raise BnppError(f"give --ratio ({ratio:g}) or --bits-per-image ({bits_per_image:g}), not both: "
-                        "the payload per image is one of them")
-    if ratio is None and bits_per_image is None:
-        ratio = 64.0
-    backbone = replace(backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs, mean, std), reparam=reparam)
-    config = ProfileConfig(
-        backbone=backbone, all_points=all_points,
-        data=data, samples=samples, repeats=repeats, verify=verify, seed=seed,
-        budget=Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs, ratio=ratio,
-                      bits_per_image=bits_per_image),
-    )
+    backbone = replace(backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs, mean, std),
+                       reparam=reparam)
+    config = ProfileConfig(backbone=backbone, all_points=all_points, data=data, samples=samples, repeats=repeats,
+                           verify=verify, seed=seed,
+                           budget=budget(bandwidth_mbps, device_gmacs, edge_gmacs, ratio, bits_per_image))
     measured = None
     if search is not None:
         from ..run.search import read_search
@@ -72,6 +64,21 @@ def profile(
     render_profile(result)
     if measured is not None:
         render_measured(measured, search)
+
+
+def budget(bandwidth_mbps: float, device_gmacs: float, edge_gmacs: float, ratio: float | None,
+           bits_per_image: float | None):
+    """The Budget of the options: --ratio or --bits-per-image (64x when neither is given)."""
+    from ..errors import BnppError
+    from ..split.profile import Budget
+
+    if ratio is not None and bits_per_image is not None:
+        raise BnppError(f"give --ratio ({ratio:g}) or --bits-per-image ({bits_per_image:g}), not both: "
+                        "the payload per image is one of them")
+    if ratio is None and bits_per_image is None:
+        ratio = 64.0
+    return Budget(bandwidth_mbps=bandwidth_mbps, device_gmacs=device_gmacs, edge_gmacs=edge_gmacs, ratio=ratio,
+                  bits_per_image=bits_per_image)
 
 
 def register(app: typer.Typer) -> None:
