@@ -52,7 +52,7 @@ class Budget:
         if (self.ratio is None) == (self.bits_per_image is None):
             given = "both" if self.ratio is not None else "neither"
             raise BnppError(f"budget: {given} of ratio={self.ratio} and bits_per_image={self.bits_per_image} given: "
-                            "the payload is one of them (--ratio or --bits-per-image)")
+                            "the payload is one of them (`ratio` or `bits_per_image`)")
         for key, value in asdict(self).items():
             if value is not None and (not value > 0 or value == float("inf")):
                 raise BnppError(f"budget {key}={value} must be a positive finite number")
@@ -189,7 +189,7 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
     """Trace, measure and rank the split points of one model."""
     config.budget.validate()
     if config.samples < 1 or config.repeats < 1:
-        raise BnppError(f"--samples {config.samples} and --repeats {config.repeats} must be at least 1")
+        raise BnppError(f"`samples` {config.samples} and `repeats` {config.repeats} must be at least 1")
     torch.manual_seed(config.seed)
     backbone = load_backbone(config.backbone)
     input_size = backbone.input_size
