@@ -301,3 +301,15 @@ def test_profile_says_its_ratio_is_assumed_and_shows_a_measured_search(tiny_sear
     assert measured == expected and "Measured (bnpp search " in r.output
     r = CliRunner().invoke(app, ["profile", "test_resnet", "--search", str(tmp_path / "none")])
     assert r.exit_code == 2 and "holds no bnpp search" in r.output
+
+
+def test_cli_search_bsc_takes_flip_not_erasure(tmp_path):
+    data = tiny_npz(tmp_path / "train.npz", n=32)
+    out = tmp_path / "s"
+    base = ["search", "test_resnet", "--data", str(data), "--out", str(out), "--channel", "bsc"]
+    r = CliRunner().invoke(app, base + ["--erasure", "0.01"])
+    assert r.exit_code == 2 and "--erasure does not apply to the channel 'bsc'" in r.output
+    assert "Hint: use --flip" in r.output and not out.exists()
+    # --flip is bsc's condition: the channel is accepted, and the next check (entropy over bsc) refuses
+    r = CliRunner().invoke(app, base + ["--flip", "0.01", "--preset", "entropy"])
+    assert r.exit_code == 2 and "not channel 'bsc'" in r.output and "--flip" not in r.output and not out.exists()
