@@ -228,8 +228,9 @@ def _check(c: SearchConfig) -> None:
 
 
 def _checked_fit(c: SearchConfig) -> FitConfig:
-    """A candidate's fit as its split and ratio leave it (the preset's recipe filled in), put
-    through the fit's own checks; its directory is one no candidate has, so nothing is found there."""
+    """The fit every candidate runs, less its split and ratio (planned per candidate), with the
+    preset's recipe filled in, through the fit's own checks. Its directory is one that no candidate
+    has and nothing creates, so the output-directory check finds it new."""
     fit = resolve_recipe(_fit_config(c, Path(c.out) / CANDIDATES_DIR / ".check", split="", ratio=None,
                                      images=c.first_images, epochs=c.first_epochs))
     check_fit_inputs(fit, RunDir(fit.out))
