@@ -96,7 +96,7 @@ def table(rows: list[dict], split: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--entropy", action="append", required=True, help="SPLIT=path of an entropy run's eval JSON")
+    ap.add_argument("--entropy", action="append", default=[], help="SPLIT=path of an entropy run's eval JSON (required)")
     ap.add_argument("--analog", action="append", default=[],
                     help="SPLIT=path of an analog AWGN run's `bnpp eval --snr 0,5,...,30 --json`")
     ap.add_argument("--rate-accuracy", default="benchmarks/results/rate_accuracy.json",
@@ -110,6 +110,8 @@ def main() -> None:
     if args.plot_only:
         plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
         return
+    if not args.entropy:
+        ap.error("--entropy SPLIT=EVAL.json is required (once per entropy run)")
     t0 = time.time()
     grid = json.loads(Path(args.rate_accuracy).read_text())
     entropy, analog = pairs(args.entropy, "--entropy"), pairs(args.analog, "--analog")
