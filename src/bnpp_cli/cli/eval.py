@@ -35,7 +35,7 @@ def eval_(
         check_plotting()  # before the evaluation, not after it
     name, values = link_condition(snr, erasure, flip)
     conditions = parse_list(values, CONDITION_FLAGS[name]) if name else None
-    config = EvalConfig(run=str(run), data=data, conditions=conditions, condition_name=name,  # a condition name
+    config = EvalConfig(run=str(run), data=data, conditions=conditions, condition_name=name,
                         draws=draws, limit=limit, data_root=data_root, device=device, seed=seed)
     result = evaluate_run(config)
     render_eval(result)  # the table first: a file that cannot be written does not hide it

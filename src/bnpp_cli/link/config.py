@@ -50,15 +50,6 @@ class ChannelConfig:
         config.build()  # validates the range
         return config
 
-    @classmethod
-    def from_flags(cls, name: str, given: Mapping[str, Any], bits: int = 8) -> "ChannelConfig":
-        """Deprecated: :meth:`for_condition` keyed by the old flags ({"--snr": ..., "--erasure": ...},
-        "--erasure" meaning any digital channel's probability). Kept for callers not yet switched."""
-        proto = create_channel(name, bits=bits)
-        digital = proto.condition_name if proto.digital else "erasure"
-        legacy = {"--snr": "snr_db", "--erasure": digital}
-        return cls.for_condition(name, {legacy.get(k, k): v for k, v in given.items()}, bits)
-
 
 def condition_names() -> dict[str, list[str]]:
     """{condition name: the registered channels that take it}, e.g. {"snr_db": ["awgn", ...], ...}."""
