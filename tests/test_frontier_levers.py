@@ -67,7 +67,7 @@ def test_distill_points_are_the_classifier_or_named_modules_called_once():
     _, tail = split_model(trace_model(model, (3, 32, 32)), "layer2")
     assert distill_points(model, tail, None) == ("fc",)
     assert distill_points(model, tail, ["layer4.0.conv1", "fc", "fc"]) == ("layer4.0.conv1", "fc")
-    with pytest.raises(RunError, match=r"--distill-at 'layer2.0.conv1' .* layer3.0.conv1, layer4.0.conv1, global_pool"):
+    with pytest.raises(RunError, match=r"`distill_at` 'layer2.0.conv1' .* layer3.0.conv1, layer4.0.conv1, global_pool"):
         distill_points(model, tail, ["layer2.0.conv1"])  # in the model, but in the head: not the tail's
     with pytest.raises(RunError, match="names no module"):
         distill_points(model, tail, [])
@@ -83,7 +83,7 @@ def test_distill_points_are_the_classifier_or_named_modules_called_once():
 
     twice = torch.fx.symbolic_trace(Twice())
     assert distill_points(twice, twice, ["fc"]) == ("fc",)
-    with pytest.raises(RunError, match="--distill-at 'act' is not a module this tail calls once"):
+    with pytest.raises(RunError, match="`distill_at` 'act' is not a module this tail calls once"):
         distill_points(twice, twice, ["act"])
 
 

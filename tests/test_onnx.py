@@ -190,11 +190,11 @@ def test_mismatched_pair_corrupt_file_and_missing_runtime(deployed, fitted, tmp_
 
 def test_export_options_are_validated_and_unexportable_ops_are_named(fitted, tmp_path, monkeypatch):
     run = str(fitted().run)
-    with pytest.raises(ExportError, match="unknown --format 'tflite'"):
+    with pytest.raises(ExportError, match="unknown `format` 'tflite'"):
         ExportConfig(run, str(tmp_path), format="tflite")
-    with pytest.raises(ExportError, match="--reparam needs --format onnx"):
+    with pytest.raises(ExportError, match="`reparam` needs `format` onnx"):
         ExportConfig(run, str(tmp_path), format="all", reparam=True)
-    with pytest.raises(ExportError, match="--calib-data makes the int8"):
+    with pytest.raises(ExportError, match="`calib_data` makes the int8"):
         ExportConfig(run, str(tmp_path), calib_data="x.npz")
 
     def refuse(*args, **kwargs):

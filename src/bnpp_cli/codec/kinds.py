@@ -90,7 +90,7 @@ class EntropyCode(FixedCode):
     def check_fit(self, preset: str, channel: str, holds_validation: bool) -> None:
         if channel != "none":
             raise CodecError(f"the {preset} preset codes over an error-free link, not channel '{channel}' (its "
-                             f"channel code at capacity is computed by link.capacity)", hint="use --channel none")
+                             f"channel code at capacity is computed by link.capacity)", hint="use `channel` none")
 
     def framing(self, config, channel, pair_id, module=None, lengths=None) -> Framing:
         if module is None or find_tables(module) is None:
@@ -110,7 +110,7 @@ class EntropyCode(FixedCode):
         if format != "safetensors":
             raise CodecError(f"run '{run}' has an entropy-coded code (preset {preset}): its range coder needs the "
                              "integer tables the safetensors halves carry, not the ONNX graphs",
-                             hint="export it with --format safetensors")
+                             hint="export it with `format` safetensors")
 
 
 class VariableCode(FixedCode):
@@ -123,7 +123,7 @@ class VariableCode(FixedCode):
         if not holds_validation:
             raise CodecError(f"the {preset} preset chooses its code length per condition on validation images, "
                              f"and the fit holds none out",
-                             hint="give --val-data, or a --val-fraction above 0 (default 0.1)")
+                             hint="give `val_data`, or a `val_fraction` above 0 (default 0.1)")
 
     def check_channel(self, channel) -> None:
         check_channel(channel)

@@ -54,12 +54,12 @@ class ExportConfig:
 
     def __post_init__(self):
         if self.format not in FORMATS:
-            raise ExportError(f"unknown --format {self.format!r}", hint=f"valid: {', '.join(FORMATS)}")
+            raise ExportError(f"unknown `format` {self.format!r}", hint=f"valid: {', '.join(FORMATS)}")
         if self.reparam and self.format != "onnx":
-            raise ExportError(f"--reparam needs --format onnx (got {self.format}): the safetensors halves rebuild "
+            raise ExportError(f"`reparam` needs `format` onnx (got {self.format}): the safetensors halves rebuild "
                               "the unfused training architecture from their metadata")
         if self.calib_data is not None and self.format == "safetensors":
-            raise ExportError("--calib-data makes the int8 ONNX device half: add --format onnx or --format all")
+            raise ExportError("`calib_data` makes the int8 ONNX device half: add `format` onnx or `format` all")
 
 
 @dataclass
@@ -209,7 +209,7 @@ def _reparameterized(run) -> tuple[nn.Module, nn.Module]:
     try:
         pipeline, _ = build_pipeline(fused, run.config)
     except Exception as e:
-        raise ExportError(f"split point '{run.config.split}' does not survive --reparam: "
+        raise ExportError(f"split point '{run.config.split}' does not survive `reparam`: "
                           f"{str(e).splitlines()[0][:200]}") from None
     return pipeline.head, pipeline.tail
 

@@ -146,9 +146,9 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     is rebuilt: a bad value costs no model build. The test set streams through in batches: memory is
     bounded by the batch, not by the test set."""
     if config.draws < 1:
-        raise ChannelError(f"--draws {config.draws} must be at least 1")
+        raise ChannelError(f"`draws` {config.draws} must be at least 1")
     if config.limit is not None and config.limit < 1:
-        raise DataError(f"--limit {config.limit} must be at least 1 (images)")
+        raise DataError(f"`limit` {config.limit} must be at least 1 (images)")
     run_config = run.config if run is not None else _checked_run_config(config.run)
     channel = run_config.channel.build()
     requested = config.conditions
@@ -241,7 +241,7 @@ def _result(run: Run, channel, conditions: list[float], tally: _Tally, meter) ->
 def _conditions(channel, requested: Sequence[float] | None) -> list[float]:
     if channel.condition_name is None:
         if requested:
-            raise ChannelError(f"channel '{channel.name}' is noiseless: it takes no --snr/--erasure conditions")
+            raise ChannelError(f"channel '{channel.name}' is noiseless: it takes no conditions")
         return []
     if requested is None:
         requested = channel.default_eval_conditions
@@ -251,11 +251,11 @@ def _conditions(channel, requested: Sequence[float] | None) -> list[float]:
 
 
 def check_plotting() -> None:
-    """--plot needs matplotlib: say so before an evaluation that may take minutes, not after it."""
+    """`plot` needs matplotlib: say so before an evaluation that may take minutes, not after it."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise BnppError("--plot needs matplotlib, which is not installed", hint="pip install 'bnpp[plot]'") from None
+        raise BnppError("`plot` needs matplotlib, which is not installed", hint="pip install 'bnpp[plot]'") from None
 
 
 def plot_eval(result: EvalResult, path: str) -> None:

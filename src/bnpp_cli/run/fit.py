@@ -118,7 +118,7 @@ def check_fit_inputs(config: FitConfig, run_dir: RunDir, world: int = 1) -> None
     check_data_paths(config)
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BnppError(f"--device {config.device}: CUDA is not available on this machine", hint="use --device cpu")
+        raise BnppError(f"`device` {config.device}: CUDA is not available on this machine", hint="use `device` cpu")
     config.channel.build()  # validates the channel and its training condition
     holds_validation = bool(config.val_data) or config.val_fraction > 0
     get_preset(config.preset).code.check_fit(config.preset, config.channel.name, holds_validation)

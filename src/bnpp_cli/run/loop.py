@@ -75,9 +75,9 @@ def classifier_name(model: nn.Module, tail: nn.Module) -> str:
             return name
     except AttributeError:
         pass
-    raise RunError(f"--distill-features matches the input of the classifier, and this tail has no classifier "
+    raise RunError(f"`distill_features` matches the input of the classifier, and this tail has no classifier "
                    f"module {name!r} (timm's pretrained_cfg['classifier'])",
-                   hint="use --distill-features 0, or name tail modules with --distill-at")
+                   hint="use `distill_features` 0, or name tail modules with `distill_at`")
 
 
 def distill_points(model: nn.Module, tail: nn.Module, names: list[str] | None) -> tuple[str, ...]:
@@ -89,7 +89,7 @@ def distill_points(model: nn.Module, tail: nn.Module, names: list[str] | None) -
     if names is None:
         return (classifier_name(model, tail),)
     if not names:
-        raise RunError("--distill-at names no module", hint="give one or more, comma-separated")
+        raise RunError("`distill_at` names no module", hint="give one or more, comma-separated")
     graph = getattr(tail, "graph", None)
     calls = [n.target for n in graph.nodes if n.op == "call_module"] if graph is not None else \
         [q for q, m in tail.named_modules() if q and not any(True for _ in m.children())]
@@ -103,7 +103,7 @@ def distill_points(model: nn.Module, tail: nn.Module, names: list[str] | None) -
         except AttributeError:
             ok = False
         if not ok:
-            raise RunError(f"--distill-at {name!r} is not a module this tail calls once; valid: any called module, "
+            raise RunError(f"`distill_at` {name!r} is not a module this tail calls once; valid: any called module, "
                            f"e.g. the stages' first: {', '.join(entries[:8])}")
     return tuple(dict.fromkeys(names))
 
@@ -121,7 +121,7 @@ class _Probe:
     def take(self) -> torch.Tensor:
         value, self.value = self.value, None
         if value is None:
-            raise RunError("a --distill-at module did not run in this forward pass: no features to distil")
+            raise RunError("a `distill_at` module did not run in this forward pass: no features to distil")
         return value
 
 
@@ -225,7 +225,7 @@ def _probes(spec: EpochSpec, pipeline: nn.Module, teacher: nn.Module | None, cac
     codec: the teacher is the frozen tail on the uncut features; phase joint: the uncut model)."""
     fd = spec.distill_features > 0
     if fd and cache is not None:
-        raise RunError("--distill-features needs the teacher's tail features; a feature cache holds logits only")
+        raise RunError("`distill_features` needs the teacher's tail features; a feature cache holds logits only")
     probes = [_Probe(pipeline.tail.get_submodule(q)) for q in spec.distill_at] if fd else []
     joint_teacher = fd and teacher is not None and spec.phase == "joint"
     teacher_probes = ([_Probe(teacher.get_submodule(q)) for q in spec.distill_at]  # type: ignore[union-attr]
