@@ -3,9 +3,9 @@
 The public API (imported lazily, so that `bnpp --help` never imports torch):
 
     from bnpp_cli import load_backbone, trace_model, split_model, profile_model
-    from bnpp_cli import FitConfig, ChannelConfig, fit_codec, evaluate_run, export_halves, load_device, load_edge
+    from bnpp_cli import FitConfig, ChannelConfig, fit_codec, EvalConfig, evaluate_run, export_halves, PredictConfig, predict
 
-The package is laid out by pipeline stage (README, "Layout"): split/ (where to cut), codec/ (what
+The package is laid out by pipeline stage (docs/layout.md): split/ (where to cut), codec/ (what
 learns), link/ (what crosses the cut), data/, run/ (a fitted run), deploy/ (what ships), cli/.
 """
 
