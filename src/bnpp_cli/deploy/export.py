@@ -108,11 +108,18 @@ class ExportResult:
         return asdict(self)
 
 
-def export_halves(run_dir: str | Path, out_dir: str | Path, format: str = "safetensors",
+def export_halves(config: ExportConfig | str | Path, out_dir: str | Path | None = None, format: str = "safetensors",
                   calib_data: str | None = None, calib_images: int = 256, reparam: bool = False,
                   seed: int = 0) -> ExportResult:
-    """Write the halves of a fitted run in `format` (atomically); see the module docstring."""
-    return export_run(ExportConfig(str(run_dir), str(out_dir), format, calib_data, calib_images, reparam, seed))
+    """Write the halves of a fitted run (atomically); see the module docstring.
+
+    ``export_halves(ExportConfig(run, out, ...))``, or the short form ``export_halves(run, out, ...)``
+    with the same fields as keywords."""
+    if not isinstance(config, ExportConfig):
+        if out_dir is None:
+            raise ExportError("export_halves needs the output directory: export_halves(run, out) or an ExportConfig")
+        config = ExportConfig(str(config), str(out_dir), format, calib_data, calib_images, reparam, seed)
+    return export_run(config)
 
 
 def export_run(config: ExportConfig) -> ExportResult:

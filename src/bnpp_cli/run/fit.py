@@ -54,12 +54,25 @@ def resolve_recipe(config: FitConfig) -> FitConfig:
 
 @dataclass
 class FitResult:
+    """What `fit_codec` did.
+
+    Attributes:
+        run: the run directory written (config.json, codec.safetensors, metrics.json).
+        config: the RunConfig stored there (split, codec, channel, data config, the fit's options).
+        epochs: one record per epoch (phase, epoch, train_loss, train_top1, seconds, images, and the
+            validation top-1 noiseless and at the worst training condition, fractions).
+        seconds: wall time of the whole fit, the step after training (tables, length table) included.
+        validation: where the validation images came from (source, images, backbone_may_have_seen),
+            plus the records of the step after training ("tables", "length_table") where the preset has one.
+        features: the feature cache (built or reused, rows, seconds); None when it was off.
+    """
+
     run: str
     config: RunConfig
     epochs: list[dict[str, Any]]
     seconds: float
-    validation: dict[str, Any] = field(default_factory=dict)  # where the validation images came from
-    features: dict[str, Any] | None = None  # the feature cache: built or reused, rows, seconds (None: off)
+    validation: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, Any] | None = None
 
 
 def _noop(event: str, info: dict[str, Any]) -> None:
