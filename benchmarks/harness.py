@@ -184,8 +184,8 @@ def add_options(ap: argparse.ArgumentParser, *, out: str | Path | None = RESULTS
     """The options several benchmarks share, spelt and defaulted the same everywhere."""
     if out is not None or out_required:
         ap.add_argument("--out", required=out_required, default=None if out_required else str(out), help=out_help)
-    if name is not None:
-        ap.add_argument("--name", default=name, help="results file stem (and runs folder)")
+    if name is not None:  # "" : no fixed default (the script derives one)
+        ap.add_argument("--name", default=name or None, help="results file stem (and runs folder)")
     if seed:
         ap.add_argument("--seed", type=int, default=0, help="seed of the fits, the noise draws and the data order")
     if device:

@@ -92,9 +92,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--train-limit", type=int, default=None,
                     help="training images per fit (default: 10,000; --quick: 5,000)")
     ap.add_argument("--epochs", type=int, default=None, help="codec epochs per fit (default: 3; --quick: 1)")
-    add_options(ap, name=None, plot_only=True)
-    ap.add_argument("--name", default=None,
-                    help="results file stem (default: rate_accuracy, or rate_accuracy_quick with --quick)")
+    add_options(ap, name="", plot_only=True)  # --name default: rate_accuracy, or rate_accuracy_quick with --quick
     return ap.parse_args()
 
 
