@@ -26,7 +26,7 @@ _FIELDS = ("model", "pretrained", "checkpoint", "num_classes", "img_size", "mode
            "codec_epochs", "joint_epochs", "lr", "joint_lr", "lr_schedule", "batch_size", "distill",
            "distill_temperature", "distill_features", "distill_at", "augment", "cache_dir", "device", "resume",
            "overwrite", "checkpoint_steps", "checkpoint_minutes", "log_interval", "seed", "runtime", "draws",
-           "format", "calib_data", "calib_images", "server", "token", "timeout")
+           "format", "calib_data", "calib_images", "server", "token", "timeout", "plot")
 FLAGS: dict[str, str] = {**{f: "--" + f.replace("_", "-") for f in _FIELDS}, **_RENAMED, **CONDITION_FLAGS}
 _NAMED = re.compile(r"`([a-z][a-z0-9_]*)`")
 

@@ -11,7 +11,7 @@ condition names. How a front end lets users give a condition (the CLI's ``--snr`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..errors import ChannelError
 from .channels import CHANNELS, Channel, create_channel
@@ -95,3 +95,17 @@ def select_condition(channel: Channel, given: Mapping[str, Any], subject: str = 
     if name is not None:
         check_condition_name(channel, name, subject)
     return value
+
+
+def eval_conditions(channel: Channel, requested: Sequence[float] | None) -> list[float]:
+    """The conditions to evaluate ``channel`` at, in its own unit, validated: ``requested``, or its
+    defaults when None; none for a noiseless channel (and a ChannelError if some were requested)."""
+    if channel.condition_name is None:
+        if requested:
+            raise ChannelError(f"channel '{channel.name}' is noiseless: it takes no conditions")
+        return []
+    if requested is None:
+        requested = channel.default_eval_conditions
+    for value in requested:
+        channel.param_from_condition(value)  # validates the range, with a message naming the value
+    return [float(v) for v in requested]

@@ -35,7 +35,7 @@ from ..data.batching import BatchTransform, make_loader
 from ..data.datasets import check_labels, load_dataset
 from ..errors import BnppError, ChannelError, DataError
 from ..codec.presets import get_preset
-from ..link.config import select_condition
+from ..link.config import eval_conditions, select_condition
 from .pipeline import Run, load_run
 from .rundir import RunDir
 
@@ -154,7 +154,7 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     requested = config.conditions
     if config.condition_name is not None:
         requested = select_condition(channel, {config.condition_name: requested}, "this run's")
-    conditions = _conditions(channel, requested)
+    conditions = eval_conditions(channel, requested)
     dataset = _test_set(config, run_config)
     run = run or load_run(config.run)
     device = torch.device(config.device)
@@ -236,18 +236,6 @@ def _result(run: Run, channel, conditions: list[float], tally: _Tally, meter) ->
         symbols_per_image_mean=statistics.fmean(r["symbols_per_image"] for r in results) if results else None,
         **{"bits": None, "bit_ratio": None, "payload_bytes": None, **meter.fields()},
     )
-
-
-def _conditions(channel, requested: Sequence[float] | None) -> list[float]:
-    if channel.condition_name is None:
-        if requested:
-            raise ChannelError(f"channel '{channel.name}' is noiseless: it takes no conditions")
-        return []
-    if requested is None:
-        requested = channel.default_eval_conditions
-    for value in requested:
-        channel.param_from_condition(value)  # validates the range, with a message naming the value
-    return [float(v) for v in requested]
 
 
 def check_plotting() -> None:
