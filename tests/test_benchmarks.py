@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -104,3 +105,18 @@ def test_import_check_catches_a_deep_import(tmp_path: Path):
     bad = _bad_imports(script, _exported_names())
     assert len(bad) == 4, bad
     assert "line 3" in bad[0] and "line 4" in bad[1] and "line 5" in bad[2] and "not_a_name" in bad[3]
+
+
+def test_readme_names_only_results_files_that_exist():
+    """Every ``results/NAME`` the benchmarks README names is committed (a removed file is cited as
+    ``git show COMMIT:benchmarks/results/NAME``); fitted runs under results/runs are regenerated."""
+    text = (BENCHMARKS / "README.md").read_text()
+    missing = set()
+    for m in re.finditer(r"(git show [0-9a-f]{7,40}:)?(?:benchmarks/)?results/([A-Za-z0-9_.{},*/-]+)", text):
+        name = m.group(2).rstrip(".,/")
+        if m.group(1) or name.split("/")[0] == "runs" or "*" in name or "S_Rx" in name:
+            continue
+        braces = re.fullmatch(r"(.*)\{([^}]*)\}(.*)", name)
+        names = [braces[1] + alt + braces[3] for alt in braces[2].split(",")] if braces else [name]
+        missing.update(n for n in names if not (RESULTS / n).exists())
+    assert not missing, f"benchmarks/README.md names results files that are not committed: {sorted(missing)}"
