@@ -127,6 +127,10 @@ def render_fit(result) -> None:
                                f"(give --val-data, or run bnpp eval on test images).", style="yellow"))
         else:
             console.print(Text(f"Validation images: {source}."))
+        learned = v.get("learned")
+        if learned and not learned["learned"]:
+            console.print(Text(f"Warning: the codec did not learn: {learned['reason']}. Train longer "
+                               f"(--codec-epochs) or on more images (--limit).", style="bold yellow"))
     console.print(f"Next: bnpp eval {result.run} --data TEST_DATA")
 
 

@@ -153,6 +153,26 @@ def _fit_data(config: FitConfig, backbone):
     return source, train_set, val_set
 
 
+NEAR_CHANCE = 1.5  # a top-1 below 1.5 x chance (15 % at 10 classes) is "near chance"
+LOST_MARGIN = 0.5  # a cut model that lost over half the uncut model's margin above chance did not learn
+
+
+def learned_check(cut_top1: float, uncut_top1: float, num_classes: int) -> dict[str, Any]:
+    """The cut model's validation top-1 (noiseless link) judged against chance and the uncut model's
+    top-1 on the same images: {cut_top1, uncut_top1, chance, learned, reason}."""
+    chance = 1.0 / num_classes
+    margin = uncut_top1 - chance
+    reason = None
+    if cut_top1 < NEAR_CHANCE * chance and uncut_top1 >= NEAR_CHANCE * chance:
+        reason = (f"the cut model's validation top-1 {cut_top1:.2%} is near chance ({chance:.2%}); the uncut model "
+                  f"scores {uncut_top1:.2%} on the same images")
+    elif margin > 0 and uncut_top1 - cut_top1 > LOST_MARGIN * margin:
+        reason = (f"the cut model's validation top-1 {cut_top1:.2%} is far below the uncut model's {uncut_top1:.2%} on "
+                  f"the same images (chance {chance:.2%})")
+    return {"cut_top1": cut_top1, "uncut_top1": uncut_top1, "chance": chance, "learned": reason is None,
+            "reason": reason}
+
+
 def _validation_source(config: FitConfig, val_set, weights: str) -> dict[str, Any]:
     """Where the validation top-1 comes from, said with the figure (metrics.json, the fit's output)."""
     images = len(val_set) if val_set is not None else 0
@@ -280,6 +300,10 @@ class _Trainer:
                     self._stopped(ph, epoch, None)
         if self.rank == 0:
             self.validation.update(self._after_fit())  # the code's own step: tables, a length table (codec.kinds)
+            learned = self._learned()
+            if learned:
+                self.validation["learned"] = learned
+                self.cb("learned", learned)
             seconds = time.perf_counter() - t0  # the whole fit, the step after training included
             self.dir.write_final(self.pipeline.codec.state_dict(),
                                  self.model.state_dict() if self.c.joint_epochs > 0 else None, seconds, self.epochs,
@@ -302,6 +326,25 @@ class _Trainer:
                                       self._val_batches, self.cb)
         finally:
             p.train(was_training)
+
+    @torch.no_grad()
+    def _learned(self) -> dict[str, Any]:
+        """Did the codec learn? The cut model's noiseless validation top-1 against chance and against the
+        uncut model on the same images (``learned_check``); {} without validation images."""
+        last = self.epochs[-1] if self.epochs else {}
+        if "val_top1_noiseless" not in last:
+            return {}
+        p = self.pipeline
+        was_training = p.training
+        p.eval()
+        hits = n = 0
+        try:
+            for f, y in self._val_batches():
+                hits += int((p.tail(f).argmax(1) == y).sum())
+                n += len(y)
+        finally:
+            p.train(was_training)
+        return learned_check(last["val_top1_noiseless"], hits / max(n, 1), self.rc.num_classes)
 
     def _train_features(self, limit: int):
         """Head features of the first ``limit`` training images, batch by batch."""
