@@ -101,12 +101,12 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tiny, tmp_path):
         write_bytes("/proc/dep/edge.bin", b"x")
     with pytest.raises(BnppError, match="it is a directory"):
         write_bytes(tmp_path, b"x")
-    # through the CLI: the table is shown first, then one error line, exit 2
+    # through the CLI: one error line, exit 2, before the evaluation runs (no table: no work was done)
     run, data, _ = tiny
     r = runner.invoke(app, ["eval", str(run), "--data", str(data), "--snr", "20", "--draws", "1",
                             "--json", str(existing / "eval.json")])
     assert r.exit_code == 2 and "Traceback" not in r.output
-    assert "uncut backbone" in r.output and "is a file, not a directory" in r.output
+    assert "uncut backbone" not in r.output and "is a file, not a directory" in r.output
 
 
 # ---- honest figures ----------------------------------------------------------------------------
@@ -114,7 +114,10 @@ def test_fit_says_where_its_validation_images_come_from_and_names_the_condition_
     from bnpp_cli.cli.render import console, render_fit
 
     run, _, result = tiny
-    assert result.validation == {"source": "held out of --data", "images": 5, "backbone_may_have_seen": True}
+    validation = dict(result.validation)
+    learned = validation.pop("learned")  # 5 images of a tiny backbone: 1 in 5 either way, nothing to flag
+    assert learned["learned"] and learned["reason"] is None and learned["uncut_top1"] == learned["cut_top1"]
+    assert validation == {"source": "held out of --data", "images": 5, "backbone_may_have_seen": True}
     assert json.loads((run / "metrics.json").read_text())["validation"] == result.validation
     last = result.epochs[-1]
     assert last["val_worst_label"] == "PSNR 20 dB" and last["val_images"] == 5

@@ -54,6 +54,29 @@ def _cannot_write(path: Path, e: OSError) -> BnppError:
                      hint="choose another output path")
 
 
+def check_writable(path: str | Path, kind: str = "file", what: str = "output") -> Path:
+    """Before any work: ``path`` can be written as a ``kind`` ("file" | "directory"). A BnppError in one
+    line when it is the other kind, when a parent is a file, or when the nearest existing parent is not
+    writable; nothing is created. The one check every output path (run, export, --json, --plot,
+    search directories) goes through."""
+    if kind not in ("file", "directory"):
+        raise ValueError(f"unknown kind {kind!r}; valid: file, directory")
+    path = Path(path)
+    if path.exists():
+        if kind == "directory" and not path.is_dir():
+            raise BnppError(f"{what} '{path}' is a file, not a directory", hint="choose another output path")
+        if kind == "file" and path.is_dir():
+            raise BnppError(f"{what} '{path}' is a directory, not a file", hint="choose another output path")
+    target = path if path.exists() and kind == "directory" else path.parent
+    parent = next((q for q in (target, *target.parents) if q.exists()), Path("."))
+    if not parent.is_dir():
+        raise BnppError(f"cannot write {what} '{path}': '{parent}' is a file, not a directory",
+                        hint="choose another output path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BnppError(f"cannot write {what} '{path}': '{parent}' is not writable", hint="choose another output path")
+    return path
+
+
 def _umask() -> int:
     """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
     try:

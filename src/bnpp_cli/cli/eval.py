@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import CONDITION_FLAGS, DataOpt, JsonOpt, SeedOpt, link_condition, parse_list, write_json_output
+from .options import CONDITION_FLAGS, check_outputs, DataOpt, JsonOpt, SeedOpt, link_condition, parse_list, write_json_output
 
 
 def eval_(
@@ -33,6 +33,7 @@ def eval_(
         raise DataError("--data is required: the test images (.npz, ImageFolder directory or dataset name)")
     if plot is not None:
         check_plotting()  # before the evaluation, not after it
+    check_outputs(json_path, plot)
     name, values = link_condition(snr, erasure, flip)
     conditions = parse_list(values, CONDITION_FLAGS[name]) if name else None
     config = EvalConfig(run=str(run), data=data, conditions=conditions, condition_name=name,

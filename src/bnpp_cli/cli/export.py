@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import JsonOpt, SeedOpt, write_json_output
+from .options import check_outputs, JsonOpt, SeedOpt, write_json_output
 
 
 def export(
@@ -26,6 +26,7 @@ def export(
     seed: SeedOpt = 0,
 ):
     """Write the device half (head + encoder) and the edge half (decoder + tail)."""
+    check_outputs(json_path)  # every output path, before any work
     from ..deploy.export import ExportConfig, export_run
     from .render import render_export
 

@@ -84,6 +84,15 @@ def parse_triple(value: str | None, flag: str) -> list[float] | None:
                          hint=f"e.g. {flag} 0.485,0.456,0.406") from None
 
 
+def check_outputs(*paths: Path | None) -> None:
+    """--json / --plot files: writable, checked before any work (files.check_writable)."""
+    from ..files import check_writable
+
+    for path in paths:
+        if path is not None:
+            check_writable(path, "file")
+
+
 def write_json_output(path: Path | None, obj) -> None:
     if path is not None:
         from ..files import write_json

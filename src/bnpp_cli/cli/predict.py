@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import ErasureOpt, FlipOpt, JsonOpt, SeedOpt, SnrOpt, TopOpt, link_condition, write_json_output
+from .options import check_outputs, ErasureOpt, FlipOpt, JsonOpt, SeedOpt, SnrOpt, TopOpt, link_condition, write_json_output
 
 
 def predict(
@@ -24,6 +24,7 @@ def predict(
     seed: SeedOpt = 0,
 ):
     """Run device -> wire -> channel -> edge on images; top classes, bytes on the wire, time per side."""
+    check_outputs(json_path)  # every output path, before any work
     from ..deploy.predict import PredictConfig, predict as predict_images
     from .render import render_predictions
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, MeanOpt, StdOpt, JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
+from .options import (check_outputs, CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, MeanOpt, StdOpt, JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
                       backbone_config, write_json_output)
 
 
@@ -41,6 +41,7 @@ def profile(
     seed: SeedOpt = 0,
 ):
     """List valid split points with compute, feature size and sparsity; recommend where to split."""
+    check_outputs(json_path)  # every output path, before any work
     from dataclasses import replace
 
     from ..split.profile import ProfileConfig, profile_model

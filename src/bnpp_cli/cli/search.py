@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand
 
-from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, JsonOpt, MeanOpt, ModelArg, ModelKwargsOpt, NumClassesOpt,
+from .options import (check_outputs, CheckpointOpt, DataOpt, ImgSizeOpt, JsonOpt, MeanOpt, ModelArg, ModelKwargsOpt, NumClassesOpt,
                       PretrainedOpt, SeedOpt, StdOpt, backbone_config, channel_config, parse_list, write_json_output)
 
 
@@ -65,6 +65,7 @@ def search(
     mean: MeanOpt = None, std: StdOpt = None, seed: SeedOpt = 0,
 ):
     """Fit short candidates over splits x rates, give the promising more budget, recommend from measured drops."""
+    check_outputs(json_path, plot)  # every output path, before any work
     from ..run.search import search_split_rate
     from .search_render import SearchProgress, render_search
 

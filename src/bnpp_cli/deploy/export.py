@@ -22,6 +22,7 @@ from torch import nn
 
 from ..codec.presets import get_preset
 from ..errors import CodecError, ExportError
+from ..files import check_writable
 from ..run.pipeline import build_pipeline, load_run
 from .bundle import DEVICE_FILE, EDGE_FILE, pair_id, write_half
 from .halves import DeviceHalf, EdgeHalf
@@ -123,6 +124,7 @@ def export_halves(config: ExportConfig | str | Path, out_dir: str | Path | None 
 
 
 def export_run(config: ExportConfig) -> ExportResult:
+    check_writable(config.out, "directory", "export directory")  # before the run is rebuilt
     run = load_run(config.run)
     p = run.pipeline
     kind = get_preset(p.codec.config.preset).code

@@ -9,12 +9,14 @@ from pathlib import Path
 from ..codec.config import CodecConfig
 from ..codec.presets import LR_SCHEDULES
 from ..errors import BnppError, DataError, RunError
+from ..files import check_writable
 from .config import FitConfig, RunConfig
 from .rundir import CONFIG_FILE, RunDir
 
 
 def check_out(run_dir: RunDir, config: FitConfig) -> None:
     """--out: a new or empty directory; a bnpp run to --resume; or a bnpp run to --overwrite."""
+    check_writable(run_dir.path, "directory", "run directory")
     if config.resume and config.overwrite:
         raise RunError("give --resume (continue the run) or --overwrite (start it again), not both")
     if config.resume and not run_dir.is_run:
