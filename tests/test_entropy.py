@@ -265,6 +265,14 @@ def test_cli_fit_and_eval_report_measured_bits(tmp_path):
     assert result.frame_bytes_per_image > result.bytes_per_image  # header + varint
     assert abs(result.bits_per_image - result.estimated_bits_per_image) < 40
     assert result.encode_ms_per_image > 0 and result.decode_ms_per_image > 0
+    # a coded stream is reported in its measured bits, with the bit ratio they give (not as analog symbols)
+    elements = math.prod(result.feature_shape)
+    assert result.bit_ratio == pytest.approx(32 * elements / result.bits_per_image)
+    shown = runner.invoke(app, ["eval", str(tmp_path / "run"), "--data", str(data), "--json", str(tmp_path / "e.json")])
+    text = " ".join(shown.output.split())
+    assert shown.exit_code == 0 and f"coded in {result.bits_per_image:.1f} bits/image (measured)" in text, text
+    assert "x bandwidth" not in text and "condition ()" not in text
+    assert json.loads((tmp_path / "e.json").read_text())["bit_ratio"] == pytest.approx(result.bit_ratio)
 
 
 def test_eval_reports_measured_bits_for_a_fixed_length_code(fitted):

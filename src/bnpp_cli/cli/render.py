@@ -136,10 +136,15 @@ def render_fit(result) -> None:
 
 
 def render_eval(r) -> None:
-    bits = f", {r.bit_ratio:.1f}x bits ({r.bits}-bit symbols, {r.payload_bytes} bytes/image)" if r.bit_ratio else ""
-    console.print(f"[bold]{r.model}[/] split at {r.split}: feature {'x'.join(map(str, r.feature_shape))} -> "
-                  f"code {'x'.join(map(str, r.code_shape))} ({r.code_symbols} symbols/image): "
-                  f"{r.bandwidth_ratio:.1f}x bandwidth{bits}")
+    shapes = f"feature {'x'.join(map(str, r.feature_shape))} -> code {'x'.join(map(str, r.code_shape))}"
+    if r.bits is not None:  # fixed-length digital levels
+        rate = (f"({r.code_symbols} symbols/image): {r.bandwidth_ratio:.1f}x bandwidth, {r.bit_ratio:.1f}x bits "
+                f"({r.bits}-bit symbols, {r.payload_bytes} bytes/image)")
+    elif r.bits_per_image is not None:  # a coded stream: its measured bits are the rate, not the symbols
+        rate = f"coded in {r.bits_per_image:.1f} bits/image (measured): {r.bit_ratio:.1f}x bits"
+    else:
+        rate = f"({r.code_symbols} symbols/image): {r.bandwidth_ratio:.1f}x bandwidth"
+    console.print(f"[bold]{r.model}[/] split at {r.split}: {shapes} {rate}")
     console.print(Text(f"Channel: {r.channel_definition}"))
     if r.bits_per_image is not None:
         estimate = f" (-log2 of its tables {r.estimated_bits_per_image:.1f})" if r.estimated_bits_per_image is not None else ""
@@ -148,7 +153,7 @@ def render_eval(r) -> None:
                            f"{r.encode_ms_per_image:.2f} ms device, {r.decode_ms_per_image:.2f} ms edge"))
     console.print(Text(f"Trained for: {r.train_condition}; conditions outside it are extrapolation (marked *)"))
     t = Table(header_style="bold")
-    t.add_column(f"condition ({r.condition_axis})")
+    t.add_column(f"condition ({r.condition_axis})" if r.condition_axis else "condition")
     t.add_column("top-1 mean", justify="right")
     t.add_column("std", justify="right")
     t.add_column("draws", justify="right")
