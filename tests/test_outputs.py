@@ -53,3 +53,27 @@ def test_eval_and_export_check_their_outputs_before_the_run_is_read(tmp_path):
     assert r.exit_code == 2 and "is a file, not a directory" in r.output, r.output
     r = CliRunner().invoke(app, ["export", str(missing_run), "--out", str(f)])
     assert r.exit_code == 2 and "is a file, not a directory" in r.output, r.output
+
+
+def test_a_bad_npz_gets_our_message_never_advice_to_unpickle(tmp_path):
+    import zipfile
+
+    import numpy as np
+
+    from bnpp_cli.data.datasets import load_dataset
+    from bnpp_cli.errors import DataError
+
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(bytes(range(100)))
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}], dtype=object))
+    objects = tmp_path / "objects.npz"
+    with zipfile.ZipFile(objects, "w") as z:
+        z.write(obj, "x.npy")
+        z.write(obj, "y.npy")
+    for path in (garbage, objects):
+        with pytest.raises(DataError) as e:
+            load_dataset(str(path), input_size=(32, 32), train=True)
+        message = str(e.value)
+        assert "expected x (N, H, W, 3) uint8" in message and "never loads pickled data" in message, message
+        assert "allow_pickle" not in message and "pickle.load" not in message

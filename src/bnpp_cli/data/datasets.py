@@ -124,6 +124,14 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _npz_reason(exc: BaseException) -> str:
+    """numpy's reason in one line, except its advice to unpickle: bnpp never loads pickled data."""
+    text = _one_line(exc)
+    if "pickle" in text.lower():
+        return "it holds pickled (object) data or is not an .npz archive; bnpp never loads pickled data"
+    return text
+
+
 def _resize_policy(resize) -> str:
     (H, W), crop_pct, interpolation = resize
     cover = f"{math.floor(H / crop_pct)}x{math.floor(W / crop_pct)} (crop_pct {crop_pct:g})"
@@ -189,7 +197,7 @@ def _load_npz(path: Path, resize) -> ImageDataset:
     try:
         archive = np.load(path, allow_pickle=False)
     except _NPZ_ERRORS as exc:
-        raise DataError(f"cannot read {path} as .npz ({_one_line(exc)}); {expected}") from exc
+        raise DataError(f"cannot read {path} as .npz ({_npz_reason(exc)}); {expected}") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path} holds a single array, not an .npz archive; {expected}")
     with archive:
@@ -201,7 +209,7 @@ def _load_npz(path: Path, resize) -> ImageDataset:
             x, y = archive["x"], archive["y"]
             names = archive["class_names"] if "class_names" in archive.files else None
         except _NPZ_ERRORS as exc:
-            raise DataError(f"cannot read the arrays of {path} ({_one_line(exc)}); {expected}") from exc
+            raise DataError(f"cannot read the arrays of {path} ({_npz_reason(exc)}); {expected}") from exc
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise DataError(f"x in {path} is {x.dtype} {x.shape}; {expected}")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
