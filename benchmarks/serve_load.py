@@ -77,7 +77,7 @@ def make_backend(mode: str, deploy: Path, max_images: int):
         """Raw float32 feature bytes -> tail."""
 
         def __init__(self):
-            self.classes = edge.classes
+            self.classes = edge.class_names
             self.feature_shape = tuple(edge.meta["feature_shape"])
             self.max_body_bytes = 4 * math.prod(self.feature_shape)
 
@@ -102,7 +102,7 @@ def make_backend(mode: str, deploy: Path, max_images: int):
         """JPEG bytes -> decode -> the whole model (head + tail)."""
 
         def __init__(self):
-            self.classes, self.max_body_bytes = edge.classes, MAX_JPEG_BYTES
+            self.classes, self.max_body_bytes = edge.class_names, MAX_JPEG_BYTES
 
         def prepare(self, body, request):
             try:
