@@ -53,7 +53,7 @@ def test_mismatched_classifier_hints_num_classes(tmp_path):
     save_file({k: v.contiguous() for k, v in _reference(num_classes=10).state_dict().items()}, str(path))
     with pytest.raises(ModelError) as e:
         load_backbone(BackboneConfig("test_resnet", checkpoint=str(path)))
-    assert "does not match the model" in str(e.value) and "--num-classes 10" in e.value.hint
+    assert "does not match the model" in str(e.value) and "`num_classes` 10" in e.value.hint
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):
@@ -66,7 +66,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     bad.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ModelError, match="cannot be read"):
         load_backbone(BackboneConfig("test_resnet", checkpoint=str(bad)))
-    with pytest.raises(ModelError, match="--img-size 0"):
+    with pytest.raises(ModelError, match="`img_size` 0"):
         load_backbone(BackboneConfig("test_resnet", img_size=0))
     txt = tmp_path / "w.txt"
     txt.write_text("weights")
@@ -97,7 +97,7 @@ def test_mean_and_std_override_timms_data_config_and_are_checked():
     bb = load_backbone(BackboneConfig("test_vit", img_size=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
     assert bb.data_config["mean"] == [0.485, 0.456, 0.406] and bb.data_config["std"] == [0.229, 0.224, 0.225]
     assert load_backbone(BackboneConfig("test_vit", img_size=32)).data_config["mean"] == [0.5, 0.5, 0.5]
-    with pytest.raises(ModelError, match="--std 0.2,0,0.2 is not valid: give 3 numbers"):
+    with pytest.raises(ModelError, match="`std` 0.2,0,0.2 is not valid: give 3 numbers"):
         load_backbone(BackboneConfig("test_vit", img_size=32, std=[0.2, 0.0, 0.2]))
-    with pytest.raises(ModelError, match="--mean 0.5,0.5 is not valid"):
+    with pytest.raises(ModelError, match="`mean` 0.5,0.5 is not valid"):
         load_backbone(BackboneConfig("test_vit", img_size=32, mean=[0.5, 0.5]))

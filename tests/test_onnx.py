@@ -248,4 +248,4 @@ def test_an_entropy_coded_run_is_refused_before_anything_is_written(fitted, tmp_
     fit = fitted(preset="entropy", channel="none", condition=None, ratio=8)
     with pytest.raises(ExportError, match="entropy-coded code") as e:
         export_halves(fit.run, tmp_path / "d", format="all")
-    assert "--format safetensors" in e.value.hint and not (tmp_path / "d").exists()
+    assert "`format` safetensors" in e.value.hint and not (tmp_path / "d").exists()
