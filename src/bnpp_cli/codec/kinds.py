@@ -130,7 +130,9 @@ class VariableCode(FixedCode):
 
     def framing(self, config, channel, pair_id, module=None, lengths=None) -> Framing:
         if lengths is None:
-            lengths = getattr(module, "lengths", None) or LengthTable(config.code_symbols)  # the edge: any prefix
+            lengths = getattr(module, "lengths", None)  # the encoder's table (a decoder has none)
+        if lengths is None:
+            lengths = LengthTable(config.code_symbols)  # the edge: any prefix up to the whole code
         return PrefixFraming(config.code_shape, channel, pair_id, lengths)
 
     def after_fit(self, codec, channel, tail, train, val, progress=_quiet) -> dict[str, Any]:
