@@ -30,7 +30,7 @@ from ..errors import CodecError
 from .calibrate import TABLE_IMAGES, calibrate_lengths, calibrate_tables
 from .entropy import find_tables
 from .framing import EntropyFraming, Framing, PrefixFraming
-from .measure import FrameMeter, PrefixMeter, SymbolMeter
+from .measure import MEASURE_PAIR_ID, FrameMeter, PrefixMeter, SymbolMeter
 from .variable import LengthTable, check_channel
 
 CodecConfigLike = Any  # a codec.config.CodecConfig (that module imports the presets, which import this one)
@@ -69,7 +69,7 @@ class FixedCode:
 
     def meter(self, codec: nn.Module, channel, params: Sequence[float]) -> SymbolMeter:
         """`bnpp eval`'s measurement of this code's frames (codec.measure)."""
-        framing = self.framing(codec.config, channel, "0" * 32, codec.encoder)
+        framing = self.framing(codec.config, channel, MEASURE_PAIR_ID, codec.encoder)
         return (FrameMeter if channel.bits_per_element is not None else SymbolMeter)(codec, channel, params, framing)
 
     def check_export(self, format: str, run: str, preset: str) -> None:
@@ -104,7 +104,7 @@ class EntropyCode(FixedCode):
         return {"tables": record} if record else {}
 
     def meter(self, codec, channel, params) -> SymbolMeter:
-        return FrameMeter(codec, channel, params, self.framing(codec.config, channel, "0" * 32, codec.encoder))
+        return FrameMeter(codec, channel, params, self.framing(codec.config, channel, MEASURE_PAIR_ID, codec.encoder))
 
     def check_export(self, format: str, run: str, preset: str) -> None:
         if format != "safetensors":
@@ -141,7 +141,7 @@ class VariableCode(FixedCode):
         return {"length_table": record} if record else {}
 
     def meter(self, codec, channel, params) -> SymbolMeter:
-        return PrefixMeter(codec, channel, params, self.framing(codec.config, channel, "0" * 32, codec.encoder))
+        return PrefixMeter(codec, channel, params, self.framing(codec.config, channel, MEASURE_PAIR_ID, codec.encoder))
 
     def onnx_metadata(self, codec) -> dict[str, str]:
         return {"length_table": json.dumps([[float(p), int(k)] for p, k in codec.encoder.lengths.entries()])}
