@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bnpp_cli.cli import app
-from bnpp_cli.run.fit import learned_check
+from bnpp_cli.run.checks import learned_check
 
 
 def test_learned_check_flags_chance_and_a_lost_margin():

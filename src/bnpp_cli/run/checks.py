@@ -1,10 +1,12 @@
 """A fit's inputs, checked before anything is built or written (run.fit): options, paths, the output
 directory, and on --resume that the run is the same model, split, preset, channel and codec.
-Each raises a BnppError whose one line names the bad value and what would be valid."""
+Each raises a BnppError whose one line names the bad value and what would be valid. And its
+outcome, checked after training: did the codec learn (``learned_check``)?"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..codec.config import CodecConfig
 from ..codec.presets import LR_SCHEDULES
@@ -100,3 +102,23 @@ def check_numbers(c: FitConfig) -> None:
                              "--checkpoint-steps >= 1; minutes > 0")
     if c.codec_epochs + c.joint_epochs == 0:
         raise BnppError("nothing to train: --codec-epochs and --joint-epochs are both 0")
+
+
+NEAR_CHANCE = 1.5  # a top-1 below 1.5 x chance (15 % at 10 classes) is "near chance"
+LOST_MARGIN = 0.5  # a cut model that lost over half the uncut model's margin above chance did not learn
+
+
+def learned_check(cut_top1: float, uncut_top1: float, num_classes: int) -> dict[str, Any]:
+    """The cut model's validation top-1 (noiseless link) judged against chance and the uncut model's
+    top-1 on the same images: {cut_top1, uncut_top1, chance, learned, reason}."""
+    chance = 1.0 / num_classes
+    margin = uncut_top1 - chance
+    reason = None
+    if cut_top1 < NEAR_CHANCE * chance and uncut_top1 >= NEAR_CHANCE * chance:
+        reason = (f"the cut model's validation top-1 {cut_top1:.2%} is near chance ({chance:.2%}); the uncut model "
+                  f"scores {uncut_top1:.2%} on the same images")
+    elif margin > 0 and uncut_top1 - cut_top1 > LOST_MARGIN * margin:
+        reason = (f"the cut model's validation top-1 {cut_top1:.2%} is far below the uncut model's {uncut_top1:.2%} on "
+                  f"the same images (chance {chance:.2%})")
+    return {"cut_top1": cut_top1, "uncut_top1": uncut_top1, "chance": chance, "learned": reason is None,
+            "reason": reason}

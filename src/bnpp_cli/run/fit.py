@@ -38,7 +38,7 @@ from ..split.graph import split_model, trace_model
 from . import distributed
 from .config import FitConfig, RunConfig
 from .features import FeatureCache, check_fit, for_fit
-from .checks import check_batches, check_data_paths, check_numbers, check_out, check_resumable, check_same_codec
+from .checks import check_batches, learned_check, check_data_paths, check_numbers, check_out, check_resumable, check_same_codec
 from .loop import Callback, EpochSpec, distill_points, make_optimizer, set_trainable, train_epoch, validate
 from .pipeline import SplitPipeline, build_pipeline
 from .rundir import RunDir
@@ -151,26 +151,6 @@ def _fit_data(config: FitConfig, backbone):
     if config.limit is not None:
         train_set = torch.utils.data.Subset(train_set, range(min(config.limit, len(train_set))))
     return source, train_set, val_set
-
-
-NEAR_CHANCE = 1.5  # a top-1 below 1.5 x chance (15 % at 10 classes) is "near chance"
-LOST_MARGIN = 0.5  # a cut model that lost over half the uncut model's margin above chance did not learn
-
-
-def learned_check(cut_top1: float, uncut_top1: float, num_classes: int) -> dict[str, Any]:
-    """The cut model's validation top-1 (noiseless link) judged against chance and the uncut model's
-    top-1 on the same images: {cut_top1, uncut_top1, chance, learned, reason}."""
-    chance = 1.0 / num_classes
-    margin = uncut_top1 - chance
-    reason = None
-    if cut_top1 < NEAR_CHANCE * chance and uncut_top1 >= NEAR_CHANCE * chance:
-        reason = (f"the cut model's validation top-1 {cut_top1:.2%} is near chance ({chance:.2%}); the uncut model "
-                  f"scores {uncut_top1:.2%} on the same images")
-    elif margin > 0 and uncut_top1 - cut_top1 > LOST_MARGIN * margin:
-        reason = (f"the cut model's validation top-1 {cut_top1:.2%} is far below the uncut model's {uncut_top1:.2%} on "
-                  f"the same images (chance {chance:.2%})")
-    return {"cut_top1": cut_top1, "uncut_top1": uncut_top1, "chance": chance, "learned": reason is None,
-            "reason": reason}
 
 
 def _validation_source(config: FitConfig, val_set, weights: str) -> dict[str, Any]:
