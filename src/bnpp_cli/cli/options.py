@@ -26,7 +26,7 @@ _FIELDS = ("model", "pretrained", "checkpoint", "num_classes", "img_size", "mode
            "codec_epochs", "joint_epochs", "lr", "joint_lr", "lr_schedule", "batch_size", "distill",
            "distill_temperature", "distill_features", "distill_at", "augment", "cache_dir", "device", "resume",
            "overwrite", "checkpoint_steps", "checkpoint_minutes", "log_interval", "seed", "runtime", "draws",
-           "format", "calib_data", "calib_images", "server", "token", "timeout", "plot")
+           "format", "calib_data", "calib_images", "server", "token", "timeout", "plot", "threads")
 FLAGS: dict[str, str] = {**{f: "--" + f.replace("_", "-") for f in _FIELDS}, **_RENAMED, **CONDITION_FLAGS}
 _NAMED = re.compile(r"`([a-z][a-z0-9_]*)`")
 
@@ -59,6 +59,9 @@ SnrOpt = Annotated[Optional[float], typer.Option(help="Analog channels: PSNR in 
 ErasureOpt = Annotated[Optional[float], typer.Option(help="bec: bit erasure probability.")]
 FlipOpt = Annotated[Optional[float], typer.Option(help="bsc: bit flip (crossover) probability.")]
 TopOpt = Annotated[int, typer.Option(help="How many classes to show.")]
+ThreadsOpt = Annotated[int, typer.Option(
+    "--threads", help="torch threads for the timed work (1: batch-1 latency as one device core gives it, "
+                      "not inflated by other work on the machine; each figure states it).")]
 TokenOpt = Annotated[Optional[str], typer.Option(
     "--token", envvar="BNPP_TOKEN", help="Shared secret between devices and the edge (or env BNPP_TOKEN).")]
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from .options import check_outputs, ErasureOpt, FlipOpt, JsonOpt, SeedOpt, SnrOpt, TopOpt, link_condition, write_json_output
+from .options import (check_outputs, ErasureOpt, FlipOpt, JsonOpt, SeedOpt, SnrOpt, ThreadsOpt, TopOpt, link_condition,
+                      write_json_output)
 
 
 def predict(
@@ -22,6 +23,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per device/edge pass (each still gets its own wire frame).")] = 1,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
+    threads: ThreadsOpt = 1,
 ):
     """Run device -> wire -> channel -> edge on images; top classes, bytes on the wire, time per side."""
     check_outputs(json_path)  # every output path, before any work
@@ -30,7 +32,7 @@ def predict(
 
     name, condition = link_condition(snr, erasure, flip)
     config = PredictConfig(str(deploy), condition=condition, condition_name=name, top_k=top, seed=seed,
-                           runtime=runtime, batch_size=batch_size)
+                           runtime=runtime, batch_size=batch_size, threads=threads)
     result = predict_images(config, images)
     write_json_output(json_path, result.to_dict())
     render_predictions(result)

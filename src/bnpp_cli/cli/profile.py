@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .options import (check_outputs, CheckpointOpt, DataOpt, ImgSizeOpt, ModelKwargsOpt, MeanOpt, StdOpt, JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, SeedOpt,
+                      ThreadsOpt,
                       backbone_config, write_json_output)
 
 
@@ -24,6 +25,7 @@ def profile(
     data: DataOpt = None,
     samples: Annotated[int, typer.Option(help="Images used for the sparsity figures.")] = 16,
     repeats: Annotated[int, typer.Option(help="Timed runs per head (median reported).")] = 5,
+    threads: ThreadsOpt = 1,
     verify: Annotated[bool, typer.Option("--verify", help="Check tail(head(x)) == model(x) at every point.")] = False,
     reparam: Annotated[bool, typer.Option("--reparam", help="Fuse re-parameterisable branches (RepVGG, MobileOne, "
                                                             "FastViT; timm's reparameterize_model) first.")] = False,
@@ -50,6 +52,7 @@ def profile(
     backbone = replace(backbone_config(model, pretrained, checkpoint, num_classes, img_size, model_kwargs, mean, std),
                        reparam=reparam)
     config = ProfileConfig(backbone=backbone, all_points=all_points, data=data, samples=samples, repeats=repeats,
+                           threads=threads,
                            verify=verify, seed=seed,
                            budget=budget(bandwidth_mbps, device_gmacs, edge_gmacs, ratio, bits_per_image))
     measured = None

@@ -36,11 +36,23 @@ def _layout_label(layout: dict) -> str:
     return kind
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
+def _busy(warning: str | None, threads: int) -> None:
+    """A timing's busy-machine warning (bnpp_cli.timing), beside the figures, where there is one."""
+    if warning:
+        console.print(Text(f"Warning: {warning}; rerun on a quieter machine"
+                           + (" or with --threads 1" if threads > 1 else ""), style="yellow"))
+
+
 def render_profile(p) -> None:
     shape = "x".join(map(str, p.input_size))
     console.print(f"[bold]{p.model}[/] input {shape}, weights: {p.weights}, "
                   f"{_si(p.total_macs)} MACs, {_si(p.total_params)} params, {p.latency_ms:.1f} ms{_spread(p.latency_range_ms)} "
-                  f"(batch 1, here: median of {p.latency_repeats} runs after a warm-up, (min-max))")
+                  f"(batch 1, {_threads(p.latency_threads)}, here: median of {p.latency_repeats} runs after a warm-up, (min-max))")
+    _busy(p.latency_warning, p.latency_threads)
     t = Table(title=None, header_style="bold")
     for col in ("split point", "shape", "layout", "KiB f32", "zeros", "|f|<eps", "dev MACs", "dev params",
                 "edge MACs", "edge params", "head ms (min-max)", "payload bits", "est ms"):
@@ -223,7 +235,8 @@ def render_remote_predictions(results) -> None:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.top)
         console.print(f"[bold]{escape(r.image)}[/]: {escape(best)}  |  request {r.request_bytes} B = frame {r.frame_bytes} B (payload "
                       f"{r.payload_bytes} B + {r.frame_bytes - r.payload_bytes} B wire header) + "
-                      f"{r.request_bytes - r.frame_bytes} B request header, device {r.device_ms:.1f} ms, "
+                      f"{r.request_bytes - r.frame_bytes} B request header, device {r.device_ms:.1f} ms "
+                      f"({_threads(r.device_threads)}), "
                       f"network {r.network_ms:.1f} ms, edge {r.edge_ms:.1f} ms")
 
 
@@ -233,10 +246,12 @@ def render_predictions(result) -> None:
         console.print(f"[bold]{escape(r.image)}[/]: {escape(best)}  |  device {r.device_ms:.1f} ms, edge {r.edge_ms:.1f} ms")
     lat = result.latency_ms
     console.print(f"Per image: payload {result.payload_bytes} B + {result.wire_header_bytes} B wire header = "
-                  f"{result.frame_bytes} B frame; {result.runtime}, batch {result.batch_size}, ms per image over "
+                  f"{result.frame_bytes} B frame; {result.runtime}, batch {result.batch_size}, "
+                  f"{_threads(lat['device']['threads'])}, ms per image over "
                   f"{len(result.predictions)} images after a warm-up pass: device median {lat['device']['median']:.2f} "
                   f"({lat['device']['min']:.2f}-{lat['device']['max']:.2f}), edge median {lat['edge']['median']:.2f} "
                   f"({lat['edge']['min']:.2f}-{lat['edge']['max']:.2f})")
+    _busy(lat["device"]["warning"] or lat["edge"]["warning"], lat["device"]["threads"])
 
 
 def render_models(names, pattern: str, pretrained: bool) -> None:

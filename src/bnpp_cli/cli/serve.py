@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import ErasureOpt, FlipOpt, JsonOpt, SeedOpt, SnrOpt, TokenOpt, TopOpt, link_condition, write_json_output
+from .options import (check_outputs, ErasureOpt, FlipOpt, JsonOpt, SeedOpt, SnrOpt, ThreadsOpt, TokenOpt, TopOpt, link_condition,
+                      write_json_output)
 
 
 def _log_event(console, event: dict) -> None:
@@ -33,6 +34,7 @@ def register(app: typer.Typer) -> None:
         idle_timeout: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection is kept.")] = 300.0,
         max_connections: Annotated[int, typer.Option(help="Most connections at once.")] = 1024,
         quiet: Annotated[bool, typer.Option("--quiet", help="No line per request on stderr.")] = False,
+        threads: ThreadsOpt = 1,
     ):
         """Serve the edge half over TCP: wire frames in, decoder + tail, top classes out (Ctrl-C stops)."""
         from rich.console import Console
@@ -42,9 +44,10 @@ def register(app: typer.Typer) -> None:
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         config = ServeConfig(deploy_dir=str(deploy), host=host, port=port, token=token, max_images=max_images,
                              max_batch=max_batch, batch_window_ms=batch_window_ms, read_timeout_s=read_timeout,
-                             idle_timeout_s=idle_timeout, max_connections=max_connections)
+                             idle_timeout_s=idle_timeout, max_connections=max_connections, threads=threads)
         ready = lambda h, p: err.print(f"Serving {deploy} on {h}:{p} (auth: {'token' if token else 'none'}, "
-                                       f"batch <= {max_batch} images within {batch_window_ms:g} ms); "
+                                       f"batch <= {max_batch} images within {batch_window_ms:g} ms, edge on "
+                                       f"{threads} thread{'s' * (threads != 1)}); "
                                        f"Ctrl-C to stop")
         stats = run_server(config, ready=ready, on_event=None if quiet else lambda e: _log_event(err, e))
         mean_edge = stats.edge_ms_total / stats.batches if stats.batches else 0.0
@@ -65,13 +68,15 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 30.0,
         json_path: JsonOpt = None,
         seed: SeedOpt = 0,
+        threads: ThreadsOpt = 1,
     ):
         """Run the device half here and the edge half on `bnpp serve`: same answers as `bnpp predict`."""
+        check_outputs(json_path)  # every output path, before any work
         from ..deploy.client import infer_images
         from .render import render_remote_predictions
 
         name, condition = link_condition(snr, erasure, flip)
         results = infer_images(deploy, [str(p) for p in images], server, condition=condition, seed=seed,
-                               condition_name=name, topk=top, token=token, timeout_s=timeout)
+                               condition_name=name, topk=top, token=token, timeout_s=timeout, threads=threads)
         write_json_output(json_path, [r.to_dict() for r in results])
         render_remote_predictions(results)

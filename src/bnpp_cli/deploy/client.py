@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import timing
 from ..errors import ServeError
 from ..link.receiver import check_seed
 from ..link.transmit import header_bytes
@@ -139,6 +140,7 @@ class RemotePrediction:
         device_ms: the device half's time for this image, ms.
         network_ms: the round trip minus the server's queue and edge time, ms.
         edge_ms: the server's edge time, ms.
+        device_threads: torch threads the device half ran on (bnpp_cli.timing); default 1.
     """
 
     image: str
@@ -149,6 +151,7 @@ class RemotePrediction:
     device_ms: float
     network_ms: float
     edge_ms: float
+    device_threads: int = timing.DEFAULT_THREADS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,20 +160,22 @@ class RemotePrediction:
 def infer_images(deploy_dir: str | Path, images: Sequence[str | Path], server: str,
                  condition: float | None = None, seed: int = 0, topk: int = 5,
                  token: str | None = None, timeout_s: float = 30.0,
-                 condition_name: str | None = None) -> list[RemotePrediction]:
+                 condition_name: str | None = None, threads: int = timing.DEFAULT_THREADS) -> list[RemotePrediction]:
     """Device side of co-inference: head + encoder here, one request per image to `bnpp serve`.
 
     ``condition`` is in the channel's own unit (None: noiseless); a ``condition_name`` given
     ("snr_db", "erasure", "flip") is checked against the export's channel. Image i is sent with
     first_index = i, so the edge draws its noise from air_generator(seed, i) exactly as
-    :func:`~bnpp_cli.deploy.predict.predict` does, and the answers are predict's."""
+    :func:`~bnpp_cli.deploy.predict.predict` does, and the answers are predict's. The device half
+    runs on ``threads`` torch threads (bnpp_cli.timing)."""
+    timing.check_threads(threads)
     host, port = parse_address(server)
     device = load_device_dir(deploy_dir)
     param = check_condition(device, condition, condition_name)
     check_seed(seed, 0, len(images))
     x_all = prepare_images(device, images)
     out = []
-    with EdgeClient(host, port, token, timeout_s) as client, torch.inference_mode():
+    with EdgeClient(host, port, token, timeout_s) as client, torch.inference_mode(), timing.threads(threads):
         for index, (path, x) in enumerate(zip(images, x_all)):
             t0 = time.perf_counter()
             frame = device.compress(x[None], param)
@@ -178,5 +183,5 @@ def infer_images(deploy_dir: str | Path, images: Sequence[str | Path], server: s
             answer = client.send(frame, Request(topk, condition, seed, index, close=index == len(images) - 1))
             out.append(RemotePrediction(str(path), answer.predictions[0], answer.bytes_sent, len(frame),
                                         len(frame) - header_bytes(device.code_shape), device_ms,
-                                        answer.network_ms, answer.edge_ms))
+                                        answer.network_ms, answer.edge_ms, threads))
     return out

@@ -156,7 +156,7 @@ class _OnnxHalf:
 
     half = ""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, threads: int | None = None):
         require_onnx("onnxruntime")
         import onnxruntime as ort
 
@@ -168,6 +168,8 @@ class _OnnxHalf:
         # idle worker threads sleep instead of spinning: the process also runs torch (the link, or the
         # other half), which spinning threads would starve on a small CPU
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads is not None:  # the timing policy's count (bnpp_cli.timing); None: ORT's own choice
+            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
@@ -251,14 +253,15 @@ class OnnxEdgeHalf(_OnnxHalf):
         return self(self.air(self.receive(buf), param, seed, first_index), param)
 
 
-def load_onnx_pair(deploy_dir: str | Path, int8: bool = False) -> tuple[OnnxDeviceHalf, OnnxEdgeHalf]:
+def load_onnx_pair(deploy_dir: str | Path, int8: bool = False,
+                   threads: int | None = None) -> tuple[OnnxDeviceHalf, OnnxEdgeHalf]:
     """DIR/device.onnx (DIR/device.int8.onnx with int8) and DIR/edge.onnx, pair id checked."""
     d = Path(deploy_dir)
     if not d.is_dir():
         raise ExportError(f"deploy directory '{d}' does not exist",
                           hint="make one with `bnpp export RUN --out DIR --format onnx`")
-    device = OnnxDeviceHalf(d / (DEVICE_INT8_ONNX if int8 else DEVICE_ONNX))
-    edge = OnnxEdgeHalf(d / EDGE_ONNX)
+    device = OnnxDeviceHalf(d / (DEVICE_INT8_ONNX if int8 else DEVICE_ONNX), threads)
+    edge = OnnxEdgeHalf(d / EDGE_ONNX, threads)
     if device.pair_id != edge.pair_id:
         raise ExportError(f"the ONNX halves come from two different exports (pair id {device.pair_id} vs "
                           f"{edge.pair_id})", hint="export both files together with `bnpp export RUN --format onnx`")

@@ -19,7 +19,8 @@ decoder, with the noise of image i drawn from ``air_generator(seed, i)`` whateve
 so a remote edge given the same seed reproduces it exactly. Timing excludes a warm-up pass on the
 first batch (graph building, allocator, thread pools: hundreds of ms that a running device pays
 once); each image gets its batch's time divided by the batch size, and the result gives the
-median and the spread over batches.
+median and the spread over batches, with the threads they ran on (one by default) and a warning
+when the machine was too busy for them to mean much (bnpp_cli.timing).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
+from .. import timing
 from ..data.batching import BatchTransform
 from ..data.datasets import IMAGE_EXTENSIONS, _fit_to_size, read_image
 from ..errors import BnppError, DataError, ExportError
@@ -71,6 +73,9 @@ class PredictConfig:
             or "onnxruntime-int8" (device.int8.onnx + edge.onnx). Default "torch".
         batch_size: int; images per device / edge pass (each still gets its own wire frame);
             at least 1. Default 1: one image at a time, as a device sends them.
+        threads: int; torch (and ONNX Runtime) threads for the timed passes; default 1
+            (bnpp_cli.timing: batch-1 latency as one device core gives it, not inflated by other
+            work on the machine).
     """
 
     deploy_dir: str
@@ -80,6 +85,7 @@ class PredictConfig:
     seed: int = 0
     runtime: str = "torch"
     batch_size: int = 1
+    threads: int = timing.DEFAULT_THREADS
 
     def validate(self) -> None:
         """Refuse settings that cannot run, naming the setting and the valid values."""
@@ -89,6 +95,7 @@ class PredictConfig:
             raise BnppError(f"`batch_size` {self.batch_size} must be at least 1")
         if self.runtime not in RUNTIMES:
             raise ExportError(f"unknown runtime {self.runtime!r}", hint=f"valid: {', '.join(RUNTIMES)}")
+        timing.check_threads(self.threads)
 
 
 @dataclass
@@ -132,9 +139,10 @@ class PredictResult:
             entropy code, whose sizes vary).
         wire_header_bytes: int; the wire header's bytes per frame (their mean where sizes vary).
         frame_bytes: int; payload_bytes + wire_header_bytes: one image's frame.
-        latency_ms: dict[str, dict[str, float]]; {"device": ..., "edge": ...}, each {"median",
+        latency_ms: dict[str, dict[str, Any]]; {"device": ..., "edge": ...}, each {"median",
             "min", "max"} over the batches of the per-image time (batch time / batch size), in
-            milliseconds; the warm-up pass excluded.
+            milliseconds, the warm-up pass excluded, with "runs", "threads", "load", "cores" and
+            "warning" (bnpp_cli.timing.summary: why the machine was too busy, or None).
     """
 
     predictions: list[Prediction]
@@ -143,7 +151,7 @@ class PredictResult:
     payload_bytes: int
     wire_header_bytes: int
     frame_bytes: int
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency_ms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,8 +241,9 @@ def images_to_batch(device, images: Images) -> tuple[list[str], torch.Tensor]:
     return names, normalise(torch.stack(pixels))
 
 
-def load_runtime_pair(deploy_dir: str | Path, runtime: str = "torch"):
-    """(device, edge) halves of a deploy directory for a runtime of RUNTIMES, pair id checked."""
+def load_runtime_pair(deploy_dir: str | Path, runtime: str = "torch", threads: int | None = None):
+    """(device, edge) halves of a deploy directory for a runtime of RUNTIMES, pair id checked;
+    ``threads``: ONNX Runtime's intra-op threads (None: its own choice; torch's are set by the caller)."""
     if runtime not in RUNTIMES:
         raise ExportError(f"unknown runtime {runtime!r}", hint=f"valid: {', '.join(RUNTIMES)}")
     if runtime == "torch":
@@ -243,7 +252,7 @@ def load_runtime_pair(deploy_dir: str | Path, runtime: str = "torch"):
         return load_pair(deploy_dir)
     from .onnx import load_onnx_pair
 
-    return load_onnx_pair(deploy_dir, int8=runtime == "onnxruntime-int8")
+    return load_onnx_pair(deploy_dir, int8=runtime == "onnxruntime-int8", threads=threads)
 
 
 def predict(config: PredictConfig, images: Images) -> PredictResult:
@@ -253,13 +262,15 @@ def predict(config: PredictConfig, images: Images) -> PredictResult:
     (N, 3, H, W) tensor (:func:`images_to_batch`). Each image crosses the link in its own wire
     frame, with its noise from ``air_generator(config.seed, i)``."""
     config.validate()
-    device, edge = load_runtime_pair(config.deploy_dir, config.runtime)
+    device, edge = load_runtime_pair(config.deploy_dir, config.runtime, config.threads)
     param = check_condition(device, config.condition, config.condition_name)
     names, x_all = images_to_batch(device, images)
-    answers, times = _run_all(device, edge, x_all, param, config)
+    load_before = timing.load()
+    with timing.threads(config.threads):
+        answers, times = _run_all(device, edge, x_all, param, config)
     out = [Prediction(names[i], top, total - head, total, times["device"][i // config.batch_size],
                       times["edge"][i // config.batch_size]) for i, (top, (head, total)) in enumerate(answers)]
-    latency = {side: {"median": statistics.median(t), "min": min(t), "max": max(t)} for side, t in times.items()}
+    latency = {side: timing.summary(t, config.threads, load_before) for side, t in times.items()}
     payload, header = payload_bytes(device.code_shape, device.channel), header_bytes(device.code_shape)
     if len({r.frame_bytes for r in out}) > 1:  # an entropy code: sizes per image, the mean here
         payload = round(statistics.fmean(r.payload_bytes for r in out))

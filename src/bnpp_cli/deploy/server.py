@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from .. import timing
 from ..errors import BnppError, ServeError
 from .backend import Backend, BnppBackend
 from .batcher import Job, MicroBatcher
@@ -62,6 +63,8 @@ class ServeConfig:
             default 10.0.
         idle_timeout_s: keep-alive connections idle longer than this are closed, s; default 300.0.
         max_connections: beyond this many, new connections are closed at once; default 1024.
+        threads: torch threads of the edge's worker (decoder + tail); default 1 (bnpp_cli.timing:
+            the edge times it reports are not inflated by other work; raise it for big batches).
     """
 
     deploy_dir: str = "deploy"
@@ -74,6 +77,7 @@ class ServeConfig:
     read_timeout_s: float = 10.0  # a request must arrive whole within this time of its first byte
     idle_timeout_s: float = 300.0  # keep-alive connections idle longer than this are closed
     max_connections: int = 1024  # beyond this, new connections are closed at once
+    threads: int = timing.DEFAULT_THREADS  # the edge worker's torch threads
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -85,6 +89,7 @@ class ServeConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0 and (value > 0 or name == "batch_window_ms")):
                 raise ServeError(f"{name} {value} must be a positive number of {name.rsplit('_', 1)[1]}")
+        timing.check_threads(self.threads)
         if self.token is not None and not 0 < len(self.token.encode()) <= MAX_TOKEN:
             raise ServeError(f"the token must be 1 to {MAX_TOKEN} bytes long")
 
@@ -107,6 +112,13 @@ class ServeStats:
         d = asdict(self)
         d["mean_batch"] = self.images / self.batches if self.batches else 0.0
         return d
+
+
+def _worker_threads(n: int) -> None:
+    """The edge worker's torch threads (set in the worker, the thread that computes)."""
+    import torch
+
+    torch.set_num_threads(n)
 
 
 class EdgeServer:
@@ -137,7 +149,8 @@ class EdgeServer:
             reason = os.strerror(e.errno).lower() if e.errno else str(e)
             raise ServeError(f"cannot listen on {self.config.host}:{self.config.port}: {reason}") from None
         self.port = server.sockets[0].getsockname()[1]
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnpp-edge")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnpp-edge", initializer=_worker_threads,
+                                      initargs=(self.config.threads,))
         batcher = asyncio.create_task(self._batcher.run(executor, lambda: len(self._conns)))
         if ready is not None:
             ready(self.config.host, self.port)

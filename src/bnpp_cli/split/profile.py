@@ -24,6 +24,7 @@ import torch
 
 from .backbone import BackboneConfig, load_backbone
 from .macs import node_macs
+from .. import timing
 from ..errors import BnppError
 from .graph import SplitPoint, TracedModel, split_model, trace_model
 
@@ -81,6 +82,8 @@ class ProfileConfig:
         samples: images behind the sparsity figures; default 16 (a stable fraction, fast).
         near_zero: |f| below this counts as near-zero, absolute in the feature's units; default 1e-2.
         repeats: timed runs of each head (the median reported), after one warm-up; default 5.
+        threads: torch threads the timed runs use; default 1 (bnpp_cli.timing: batch-1 latency as a
+            device core gives it, not inflated by other work on the machine).
         verify: check tail(head(x)) == model(x) at every listed point; default False (it costs a
             forward pass per point).
         budget: the deployment the points are ranked for; default Budget().
@@ -93,6 +96,7 @@ class ProfileConfig:
     samples: int = 16
     near_zero: float = 1e-2
     repeats: int = 5
+    threads: int = timing.DEFAULT_THREADS
     verify: bool = False
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
@@ -163,6 +167,9 @@ class ModelProfile:
         notes: caveats in words (random weights, random inputs, unknown layouts, ...).
         latency_range_ms: the whole model's [min, max] over the timed runs, ms; default [].
         latency_repeats: timed runs behind each median, after one untimed warm-up; default 0.
+        latency_threads: torch threads the timed runs used (ProfileConfig.threads); default 1.
+        latency_load: the machine's 1-minute load average before timing (None: not known).
+        latency_warning: why the latencies may overstate the cost (a busy machine), or None.
     """
 
     model: str
@@ -177,7 +184,9 @@ class ModelProfile:
     notes: list[str]
     latency_range_ms: list[float] = field(default_factory=list)
     latency_repeats: int = 0
-
+    latency_threads: int = timing.DEFAULT_THREADS
+    latency_load: float | None = None
+    latency_warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -190,6 +199,7 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
     config.budget.validate()
     if config.samples < 1 or config.repeats < 1:
         raise BnppError(f"`samples` {config.samples} and `repeats` {config.repeats} must be at least 1")
+    timing.check_threads(config.threads)
     torch.manual_seed(config.seed)
     backbone = load_backbone(config.backbone)
     input_size = backbone.input_size
@@ -207,7 +217,10 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
     total_params = sum(p.numel() for p in backbone.model.parameters())
 
     inputs, source = _sample_inputs(config, backbone)
-    latency, full_ms, sparsity, spread = _measure(traced, points, x1, inputs, config.near_zero, config.repeats)
+    load_before = timing.load()
+    with timing.threads(config.threads):
+        latency, full_ms, sparsity, spread, runs = _measure(traced, points, x1, inputs, config.near_zero,
+                                                            config.repeats)
 
     rows: list[PointProfile] = []
     with torch.no_grad():
@@ -237,7 +250,8 @@ def profile_model(config: ProfileConfig) -> ModelProfile:
         model=config.backbone.model, input_size=list(input_size), weights=backbone.weights, inputs=source,
         total_macs=total_macs, total_params=total_params, latency_ms=full_ms, split_points=rows,
         recommendation=recommend(rows, config.budget, input_size, total_macs), notes=notes,
-        latency_range_ms=spread[-1], latency_repeats=config.repeats,
+        latency_range_ms=spread[-1], latency_repeats=config.repeats, latency_threads=config.threads,
+        latency_load=load_before, latency_warning=timing.busy_warning(runs, config.threads, load_before),
     )
 
 
@@ -348,10 +362,10 @@ def _instrument(traced: TracedModel, points: list[SplitPoint]) -> torch.fx.Graph
 
 
 def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, inputs: torch.Tensor,
-             eps: float, repeats: int) -> tuple[list[float], float, list[tuple[float, float]], list[list[float]]]:
+             eps: float, repeats: int):
     """Per point: head latency (ms, batch 1, median of repeats); the whole model's; (zero, near-zero)
-    fractions; and [min, max] of the timed runs per point, the whole model last (the spread: a
-    median taken on a loaded machine is not a fact without it)."""
+    fractions; [min, max] of the timed runs per point, the whole model last (the spread: a median
+    taken on a loaded machine is not a fact without it); and the whole model's timed runs."""
     gm = _instrument(traced, points)
     runs = []
     with torch.inference_mode():
@@ -368,4 +382,5 @@ def _measure(traced: TracedModel, points: list[SplitPoint], x1: torch.Tensor, in
                 c[1] += int((f.abs() < eps).sum())
                 c[2] += f.numel()
     _STAMPS.clear()
-    return latency[:-1], latency[-1], [(c[0] / c[2], c[1] / c[2]) for c in counts], spread
+    whole = [r[-1] for r in runs[1:]]
+    return latency[:-1], latency[-1], [(c[0] / c[2], c[1] / c[2]) for c in counts], spread, whole
