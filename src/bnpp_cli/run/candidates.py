@@ -7,6 +7,7 @@
     round_budget(r, ...)                                     images and epochs of halving round r
     promote(measured, eta, max_drop)                         who gets the next round's budget
     pareto(points)                                           non-dominated over (device MACs, bits, drop)
+    recommend(final, baselines, max_drop)                    the fastest that learned within tolerance
     latency_ms(device_macs, bits, edge_macs, budget)         split.profile's formula
     round_sizes(n, rounds, eta), TimeLeft                    candidates per round, the seconds still to go
 
@@ -49,6 +50,8 @@ class Measured:
     latency_ms: float  # under the search's budget
     run: str  # the run directory: `bnpp eval` and `bnpp export` take it
     features_s: float = 0.0  # feature cache seconds (build and key) this candidate paid besides fit_seconds
+    learned: bool = True  # run.checks.learned_check on its noiseless top-1 vs the uncut model's, same images
+    learned_reason: str | None = None  # why not, when it did not learn
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -145,11 +148,12 @@ def promote(measured: Sequence[Measured], eta: int, max_drop: float) -> list[Mea
     The fastest candidate within the tolerance (the recommendation so far) is kept to be confirmed
     by a longer fit; the rest of the places go to candidates FASTER than it (over the tolerance now,
     but a longer fit lowers the drop), those with the lowest drop first. Slower ones cannot become
-    the recommendation and get no more budget. With none within tolerance, the lowest drops go on."""
+    the recommendation and get no more budget. With none within tolerance (a candidate that did not
+    learn never is), the lowest drops go on."""
     if not measured:
         return []
     keep = max(1, math.ceil(len(measured) / eta))
-    ok = [m for m in measured if m.val_drop <= max_drop]
+    ok = [m for m in measured if m.val_drop <= max_drop and m.learned]
     by_drop = sorted(measured, key=lambda m: (m.val_drop, m.latency_ms))
     if not ok:
         return by_drop[:keep]
@@ -179,19 +183,27 @@ def latest(measured: Sequence[Measured]) -> list[Measured]:
     return list(best.values())
 
 
-def recommend(final: Sequence[Measured], baselines: Sequence[dict[str, Any]], max_drop: float) -> dict[str, Any]:
-    """The fastest candidate whose measured validation drop is within ``max_drop`` (never one over
-    it), and whether a baseline (label on device, image to edge) within tolerance is faster still."""
-    ok = sorted((m for m in final if m.val_drop <= max_drop), key=lambda m: (m.latency_ms, m.val_drop))
+def recommend(final: Sequence[Measured], baselines: Sequence[dict[str, Any]], max_drop: float,
+              too_small: str = "no candidate learned at its budget") -> dict[str, Any]:
+    """The fastest candidate that learned and whose measured validation drop is within ``max_drop``
+    (never one over it, never one that did not learn), and whether a baseline (label on device, image
+    to edge) within tolerance is faster still. When no candidate learned, nothing is recommended: the
+    budget was too small to measure any split (``too_small`` says so, naming the options to raise),
+    and a baseline winning against untrained codecs would be no answer."""
+    ok = sorted((m for m in final if m.val_drop <= max_drop and m.learned), key=lambda m: (m.latency_ms, m.val_drop))
     rec = ok[0] if ok else None
     fits = [b for b in baselines if b["val_drop"] <= max_drop]
     fastest_baseline = min(fits, key=lambda b: b["latency_ms"]) if fits else None
-    out: dict[str, Any] = {"max_drop": max_drop, "candidate": None, "winner": None, "note": ""}
+    out: dict[str, Any] = {"max_drop": max_drop, "candidate": None, "winner": None, "note": "",
+                           "budget_too_small": bool(final) and not any(m.learned for m in final)}
+    if out["budget_too_small"]:
+        out["note"] = too_small
+        return out
     if rec is not None:
         out["candidate"] = {"split": rec.split, "rate": rec.rate, "bandwidth_ratio": rec.bandwidth_ratio,
                             "device_macs": rec.device_macs, "bits_per_image": rec.bits_per_image,
                             "symbols": rec.symbols, "val_drop": rec.val_drop, "latency_ms": rec.latency_ms,
-                            "run": rec.run, "name": rec.name}
+                            "run": rec.run, "name": rec.name, "learned": rec.learned}
     if rec is not None and (fastest_baseline is None or rec.latency_ms <= fastest_baseline["latency_ms"]):
         out["winner"] = rec.name
         out["note"] = (f"split at {rec.split}, rate {rec.rate:g}: {rec.latency_ms:.3f} ms, "
