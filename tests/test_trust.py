@@ -117,6 +117,7 @@ def test_fit_says_where_its_validation_images_come_from_and_names_the_condition_
     validation = dict(result.validation)
     learned = validation.pop("learned")  # 5 images of a tiny backbone: 1 in 5 either way, nothing to flag
     assert learned["learned"] and learned["reason"] is None and learned["uncut_top1"] == learned["cut_top1"]
+    assert validation.pop("input_checks") == []
     assert validation == {"source": "held out of --data", "images": 5, "backbone_may_have_seen": True}
     assert json.loads((run / "metrics.json").read_text())["validation"] == result.validation
     last = result.epochs[-1]

@@ -7,6 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .options import render as flags
+
 console = Console(highlight=False)
 if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
     console = Console(highlight=False, width=200)
@@ -103,13 +105,19 @@ def render_measured(search, where) -> None:
     """The recommendation of a finished `bnpp search`, beside profile's assumed one."""
     rec = search.recommendation or {}
     c = rec.get("candidate")
+    final = [m for m in search.candidates if m["name"] in search.final]
+    unlearned = [m["name"] for m in final if m.get("learned") is False]
+    learned = (f"; {len(final) - len(unlearned)} of {len(final)} candidates learned" if unlearned else
+               ("" if any("learned" not in m for m in final) else f"; all {len(final)} candidates learned"))
     if c:
         console.print(f"Measured (bnpp search {escape(str(where))}): [bold green]{c['split']}[/] at rate {c['rate']:g}, "
                       f"{c['symbols']} symbols / {c['bits_per_image']} bits per image, {_si(c['device_macs'])} device MACs, "
                       f"validation drop {c['val_drop']:.2f} pt (tolerance {rec.get('max_drop', 0):g}), "
-                      f"est. {c['latency_ms']:.2f} ms; run {escape(str(c['run']))}")
+                      f"est. {c['latency_ms']:.2f} ms; run {escape(str(c['run']))}{learned}")
+    elif rec.get("budget_too_small"):
+        console.print(f"Measured (bnpp search {escape(str(where))}): no recommendation, no candidate learned")
     else:
-        console.print(f"Measured (bnpp search {escape(str(where))}): no candidate within the tolerance")
+        console.print(f"Measured (bnpp search {escape(str(where))}): no candidate within the tolerance{learned}")
     if rec.get("note"):
         console.print(f"[yellow]Note:[/] {escape(rec['note'])}")
 
@@ -143,7 +151,17 @@ def render_fit(result) -> None:
         if learned and not learned["learned"]:
             console.print(Text(f"Warning: the codec did not learn: {learned['reason']}. Train longer "
                                f"(--codec-epochs) or on more images (--limit).", style="bold yellow"))
+        for warning in v.get("input_checks", []):
+            console.print(Text(f"Warning: {flags(warning)}", style="bold yellow"))
+    console.print(Text(_normalisation(cfg.data_config)))
     console.print(f"Next: bnpp eval {result.run} --data TEST_DATA")
+
+
+def _normalisation(dc: dict) -> str:
+    """The input normalisation a figure was measured with, and where it came from."""
+    fmt = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
+    source = f" ({flags(dc['normalisation'])})" if dc.get("normalisation") else ""
+    return f"Inputs normalised with mean {fmt(dc['mean'])}, std {fmt(dc['std'])}{source}."
 
 
 
@@ -188,6 +206,10 @@ def render_eval(r) -> None:
         console.print(f"Variable-length code: {r.symbols_per_image_mean:.1f} symbols/image on average over these "
                       f"conditions (at most {r.code_symbols}; lengths from its table, chosen on validation images)")
     console.print(f"{r.images} test images; accuracies are top-1 on the data given.")
+    if r.normalisation:
+        console.print(Text(_normalisation({**r.normalisation, "normalisation": r.normalisation.get("source")})))
+    for warning in r.warnings:
+        console.print(Text(f"Warning: {flags(warning)}", style="bold yellow"))
 
 
 def render_export(r) -> None:

@@ -1,10 +1,12 @@
 """A fit's inputs, checked before anything is built or written (run.fit): options, paths, the output
 directory, and on --resume that the run is the same model, split, preset, channel and codec.
 Each raises a BnppError whose one line names the bad value and what would be valid. And its
-outcome, checked after training: did the codec learn (``learned_check``)?"""
+outcome, checked after training: did the codec learn (``learned_check``), and do the accuracies
+say the inputs were prepared as the backbone was trained (``input_checks``)?"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,27 @@ def learned_check(cut_top1: float, uncut_top1: float, num_classes: int) -> dict[
                   f"the same images (chance {chance:.2%})")
     return {"cut_top1": cut_top1, "uncut_top1": uncut_top1, "chance": chance, "learned": reason is None,
             "reason": reason}
+
+
+NOISE_SIGMAS = 3.0  # a cut model above the uncut one by over 3 binomial standard errors is not noise
+NOISE_FLOOR = 0.005  # ... and by over half a point (a few hundred images give a wide error)
+
+
+def input_checks(cut_top1: float, uncut_top1: float, images: int, num_classes: int,
+                 recorded_top1: float | None = None, normalisation: str | None = None) -> list[str]:
+    """What the accuracies say about the inputs, in words (empty: nothing odd): a cut model that
+    beats the uncut one by more than noise on the same images, or an uncut model far below the top-1
+    its checkpoint records (lost over LOST_MARGIN of its margin above chance), both signs of images
+    normalised otherwise than the backbone was trained (or labels in another order)."""
+    out = []
+    where = f" (now from {normalisation})" if normalisation else ""
+    noise = max(NOISE_FLOOR, NOISE_SIGMAS * math.sqrt(max(uncut_top1 * (1 - uncut_top1), 1e-12) / max(images, 1)))
+    if cut_top1 - uncut_top1 > noise:
+        out.append(f"the cut model ({cut_top1:.2%}) beats the uncut one ({uncut_top1:.2%}) on the same {images} images "
+                   f"by more than noise ({100 * noise:.1f} points): are the images normalised as the backbone was "
+                   f"trained (`mean`, `std`{where}) and the labels in its order?")
+    chance = 1.0 / max(num_classes, 1)
+    if recorded_top1 is not None and recorded_top1 - uncut_top1 > LOST_MARGIN * (recorded_top1 - chance) > 0:
+        out.append(f"the uncut model scores {uncut_top1:.2%} here, far below the {recorded_top1:.2%} its checkpoint "
+                   f"records: check the normalisation (`mean`, `std`{where}), `img_size` and the labels")
+    return out

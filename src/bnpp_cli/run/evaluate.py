@@ -36,6 +36,7 @@ from ..data.datasets import check_labels, load_dataset
 from ..errors import BnppError, ChannelError, DataError
 from ..codec.presets import get_preset
 from ..link.config import eval_conditions, select_condition
+from .checks import input_checks, learned_check
 from .pipeline import Run, load_run
 from .rundir import RunDir
 
@@ -104,6 +105,12 @@ class EvalResult:
         variable_length: the symbols sent follow the condition (codec.variable); default False.
         symbols_per_image_mean: mean over the conditions evaluated of the symbols sent.
         length_table: variable-length code: [{condition, symbols_per_image}], else None.
+        normalisation: the input normalisation the figures were measured with: {mean, std, source}
+            (source: where the run took them from: given, the checkpoint's metadata, timm's config).
+        warnings: what the figures say went wrong, in words: the fit did not learn (its
+            metrics.json), the cut model near chance or far below the uncut one on these images, a
+            cut model above the uncut one by more than noise, or an uncut model far below the top-1
+            its checkpoint records (run.checks); empty when nothing is odd.
     """
 
     run: str
@@ -134,6 +141,8 @@ class EvalResult:
     variable_length: bool = False  # the symbols sent follow the condition (codec.variable)
     symbols_per_image_mean: float | None = None  # mean over the conditions evaluated of what was sent
     length_table: list[dict[str, Any]] | None = None  # variable-length code: [{condition, symbols_per_image}]
+    normalisation: dict[str, Any] | None = None  # {mean, std, source}: what the inputs were normalised with
+    warnings: list[str] = field(default_factory=list)  # what the figures say went wrong (run.checks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,8 +232,9 @@ def _result(run: Run, channel, conditions: list[float], tally: _Tally, meter) ->
         accs = tally.top1(i)
         results.append({"condition": {channel.condition_name: cond}, "label": channel.format_condition(cond),
                         "top1_mean": statistics.fmean(accs), "top1_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-                        "draws": len(accs), "top1": accs, **meter.row(tally.params[i])})
-    codec = run.codec_config
+                        "draws": len(accs), "top1": accs, **meter.row(tally.params[i]),
+                        **channel.eval_row(tally.params[i])})  # radio links: channel uses, block error rate
+    codec, dc = run.codec_config, run.config.data_config
     return EvalResult(
         run=str(run.path), model=run.config.model, split=run.config.split, channel=channel.name,
         channel_definition=channel.describe(), condition_axis=channel.condition_axis,
@@ -234,8 +244,26 @@ def _result(run: Run, channel, conditions: list[float], tally: _Tally, meter) ->
         bandwidth_ratio=codec.bandwidth_ratio, code_symbols=codec.code_symbols, images=tally.n,
         backbone_top1=tally.backbone / tally.n, noiseless_top1=tally.noiseless / tally.n, results=results,
         symbols_per_image_mean=statistics.fmean(r["symbols_per_image"] for r in results) if results else None,
+        normalisation={"mean": dc["mean"], "std": dc["std"], "source": dc.get("normalisation", "not recorded")},
+        warnings=_warnings(run, tally),
         **{"bits": None, "bit_ratio": None, "payload_bytes": None, **meter.fields()},
     )
+
+
+def _warnings(run: Run, tally: _Tally) -> list[str]:
+    """What the figures say went wrong (run.checks), in words."""
+    out = []
+    at_fit = ((run.metrics or {}).get("validation") or {}).get("learned")
+    noiseless, backbone = tally.noiseless / tally.n, tally.backbone / tally.n
+    if at_fit and not at_fit["learned"]:
+        out.append(f"the codec did not learn at the fit: {at_fit['reason']}")
+    else:
+        here = learned_check(noiseless, backbone, run.config.num_classes)
+        if not here["learned"]:
+            out.append(f"on these test images {here['reason']}")
+    dc = run.config.data_config
+    return out + input_checks(noiseless, backbone, tally.n, run.config.num_classes, dc.get("recorded_top1"),
+                              dc.get("normalisation"))
 
 
 def check_plotting() -> None:

@@ -38,7 +38,7 @@ from ..split.graph import split_model, trace_model
 from . import distributed
 from .config import FitConfig, RunConfig
 from .features import FeatureCache, check_fit, for_fit
-from .checks import check_batches, learned_check, check_data_paths, check_numbers, check_out, check_resumable, check_same_codec
+from .checks import check_batches, input_checks, learned_check, check_data_paths, check_numbers, check_out, check_resumable, check_same_codec
 from .loop import Callback, EpochSpec, distill_points, make_optimizer, set_trainable, train_epoch, validate
 from .pipeline import SplitPipeline, build_pipeline
 from .rundir import RunDir
@@ -283,6 +283,10 @@ class _Trainer:
             learned = self._learned()
             if learned:
                 self.validation["learned"] = learned
+                self.validation["input_checks"] = input_checks(
+                    learned["cut_top1"], learned["uncut_top1"], self.validation.get("images") or 0,
+                    self.rc.num_classes, self.rc.data_config.get("recorded_top1"),
+                    self.rc.data_config.get("normalisation"))
                 self.cb("learned", learned)
             seconds = time.perf_counter() - t0  # the whole fit, the step after training included
             self.dir.write_final(self.pipeline.codec.state_dict(),

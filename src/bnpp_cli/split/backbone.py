@@ -45,8 +45,9 @@ class BackboneConfig:
         reparam: fuse re-parameterisable branches (timm's reparameterize_model), the deploy form;
             default False.
         mean: the input normalisation mean the weights were trained with, [R, G, B]; default None:
+            the checkpoint's own metadata where a .safetensors file records one ("mean"), else
             timm's data config (as timm train.py's --mean).
-        std: the input normalisation std, [R, G, B]; default None: timm's data config.
+        std: the input normalisation std, [R, G, B]; default None: as ``mean`` ("std").
     """
 
     model: str
@@ -67,7 +68,9 @@ class BackboneConfig:
 class Backbone:
     model: nn.Module
     config: BackboneConfig
-    data_config: dict[str, Any]  # mean, std, input_size (C, H, W), crop_pct, interpolation
+    # mean, std, input_size (C, H, W), crop_pct, interpolation; normalisation (where mean and std came
+    # from, in words) and, where the checkpoint records one, recorded_top1
+    data_config: dict[str, Any]
     weights: str  # "random" | "pretrained" | the checkpoint path
     create_kwargs: dict[str, Any]  # exactly what timm.create_model received (to rebuild it)
 
@@ -178,7 +181,24 @@ def load_backbone(config: BackboneConfig) -> Backbone:
         from timm.utils.model import reparameterize_model
 
         model = reparameterize_model(model)
-    data_config = resolve_data_config(model, config.img_size, config.mean, config.std)
+    meta = checkpoint_metadata(config.checkpoint) if config.checkpoint is not None else {}
+    mean, std = config.mean, config.std
+    from_meta = []
+    for name in ("mean", "std"):
+        if (mean if name == "mean" else std) is None and _metadata_triple(meta, name) is not None:
+            from_meta.append(name)
+    mean = mean if mean is not None else _metadata_triple(meta, "mean")
+    std = std if std is not None else _metadata_triple(meta, "std")
+    data_config = resolve_data_config(model, config.img_size, mean, std)
+    if from_meta:
+        data_config["normalisation"] = f"the checkpoint's metadata ({' and '.join(from_meta)})"
+    elif config.mean is not None or config.std is not None:
+        data_config["normalisation"] = "given (`mean`, `std`)"
+    else:
+        data_config["normalisation"] = f"timm's data config for {config.model}"
+    recorded = _metadata_float(meta, "top1")
+    if recorded is not None:
+        data_config["recorded_top1"] = recorded  # what the checkpoint says it scores (its own test images)
     _probe_forward(model, data_config["input_size"], config)
     return Backbone(model, config, data_config, weights, create_kwargs)
 
@@ -272,6 +292,43 @@ def resolve_data_config(model: nn.Module, img_size: int | None = None, mean: lis
         "crop_pct": float(cfg.get("crop_pct", 1.0)),
         "interpolation": str(cfg.get("interpolation", "bilinear")),
     }
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """A .safetensors checkpoint's string metadata (timm_model, mean, std, top1, ...); {} for other
+    formats, none, or a file that cannot be read (load_checkpoint says why)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
+
+
+def _metadata_triple(meta: dict[str, str], key: str) -> list[float] | None:
+    """An RGB triple from metadata: "0.485,0.456,0.406" or "[0.485, 0.456, 0.406]"; None if absent or not one."""
+    raw = meta.get(key)
+    if raw is None:
+        return None
+    try:
+        values = [float(v) for v in raw.strip().strip("[]()").split(",")]
+    except ValueError:
+        return None
+    ok = len(values) == 3 and all(math.isfinite(v) for v in values) and (key != "std" or min(values) > 0)
+    return values if ok else None
+
+
+def _metadata_float(meta: dict[str, str], key: str) -> float | None:
+    """A top-1 from metadata, as a fraction ("0.8669" or "86.69"); None if absent or not a number."""
+    try:
+        value = float(meta[key])
+    except (KeyError, ValueError):
+        return None
+    value = value / 100 if 1 < value <= 100 else value
+    return value if 0 <= value <= 1 else None
 
 
 def _probe_forward(model: nn.Module, input_size, config: BackboneConfig) -> None:
