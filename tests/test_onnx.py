@@ -249,3 +249,18 @@ def test_an_entropy_coded_run_is_refused_before_anything_is_written(fitted, tmp_
     with pytest.raises(ExportError, match="entropy-coded code") as e:
         export_halves(fit.run, tmp_path / "d", format="all")
     assert "`format` safetensors" in e.value.hint and not (tmp_path / "d").exists()
+
+
+def test_export_says_each_long_step_before_it_runs(fitted, tmp_path):
+    from bnpp_cli.deploy.export import export_run
+
+    fit = fitted()
+    steps: list[str] = []
+    export_run(ExportConfig(str(fit.run), str(tmp_path / "d"), "onnx", calib_data=str(fit.data), calib_images=16),
+               steps.append)
+    assert [s.split(" on ")[0] for s in steps] == [
+        "exporting the device half to ONNX", "exporting the edge half to ONNX",
+        "checking the ONNX halves against PyTorch with ONNX Runtime", "calibrating and checking the int8 device half"]
+    assert steps[2].endswith(f"on 16 images of {fit.data}")
+    r = runner.invoke(app, ["export", str(fit.run), "--out", str(tmp_path / "cli"), "--format", "onnx"])
+    assert r.exit_code == 0 and "export: checking the ONNX halves against PyTorch" in r.output, r.output

@@ -30,7 +30,14 @@ def export(
     from ..deploy.export import ExportConfig, export_run
     from .render import render_export
 
-    result = export_run(ExportConfig(str(run), str(out), format, calib_data, calib_images, reparam, seed))
+    import time
+
+    from rich.console import Console
+    from rich.text import Text
+
+    err, t0 = Console(stderr=True, highlight=False, soft_wrap=True), time.perf_counter()
+    step = lambda what: err.print(Text(f"export: {what} ({time.perf_counter() - t0:.0f} s so far)", style="dim"))  # noqa: E731
+    result = export_run(ExportConfig(str(run), str(out), format, calib_data, calib_images, reparam, seed), step)
     write_json_output(json_path, result.to_dict())
     render_export(result)
 

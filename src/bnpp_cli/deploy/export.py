@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -123,7 +123,13 @@ def export_halves(config: ExportConfig | str | Path, out_dir: str | Path | None 
     return export_run(config)
 
 
-def export_run(config: ExportConfig) -> ExportResult:
+def _quiet(step: str) -> None:
+    pass
+
+
+def export_run(config: ExportConfig, progress: Callable[[str], None] = _quiet) -> ExportResult:
+    """Write the halves of a fitted run; ``progress(step)`` is called, in words, before each step
+    that can take seconds (the ONNX export of each half, the ONNX Runtime check, int8 calibration)."""
     check_writable(config.out, "directory", "export directory")  # before the run is rebuilt
     run = load_run(config.run)
     p = run.pipeline
@@ -146,7 +152,7 @@ def export_run(config: ExportConfig) -> ExportResult:
     meta = {**run.config.to_dict(), "pair_id": pair}
     halves = (DeviceHalf(head, p.codec.encoder, meta, p.channel).eval(),
               EdgeHalf(p.codec.decoder, tail, meta, p.channel).eval())
-    onnx = _export_onnx(config, run, halves, pair) if config.format in ("onnx", "all") else None
+    onnx = _export_onnx(config, run, halves, pair, progress) if config.format in ("onnx", "all") else None
     sizes = halves[0].framing.frame_sizes() or dict.fromkeys(("payload_bytes", "header_bytes", "frame_bytes"))
     return ExportResult(
         device_path=str(paths["device"]) if paths else None, edge_path=str(paths["edge"]) if paths else None,
@@ -159,7 +165,8 @@ def export_run(config: ExportConfig) -> ExportResult:
     )
 
 
-def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf], pair: str) -> dict[str, Any]:
+def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf], pair: str,
+                 progress: Callable[[str], None]) -> dict[str, Any]:
     from .int8 import calibration_images, quantize_device
     from .onnx import (DEVICE_ONNX, EDGE_ONNX, OPSET, OnnxDeviceHalf, OnnxEdgeHalf, check_onnx, device_graph,
                        edge_graph, onnx_metadata, require_onnx, write_onnx)
@@ -174,10 +181,12 @@ def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf],
     code = get_preset(run.config.codec.preset).code.onnx_metadata(run.pipeline.codec)
     meta = {half: onnx_metadata(half, run.config, pair, code=code) for half in ("device", "edge")}
     # the exporter may leave modules in train mode: it gets copies, the halves stay as they are
+    progress("exporting the device half to ONNX")
     dev_path = write_onnx(out / DEVICE_ONNX, copy.deepcopy(device_graph(device.head, device.encoder)).eval(),
                           (x2, p2), "device", meta["device"])
     with torch.inference_mode():
         z2 = device(x2, 0.0)
+    progress("exporting the edge half to ONNX")
     edge_path = write_onnx(out / EDGE_ONNX, copy.deepcopy(edge_graph(edge.decoder, edge.tail)).eval(),
                            (z2, p2), "edge", meta["edge"])
     if config.calib_data is not None:
@@ -186,6 +195,7 @@ def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf],
     else:
         x = torch.randn(CHECK_IMAGES, *dc["input_size"], generator=g)
         inputs = f"random N(0, 1) images (seed {config.seed})"
+    progress(f"checking the ONNX halves against PyTorch with ONNX Runtime on {len(x)} {inputs}")
     onnx_device, onnx_edge = OnnxDeviceHalf(dev_path), OnnxEdgeHalf(edge_path)
     param = device.channel.param_range[1]  # the noisiest training condition: the condition input matters
     check = check_onnx(device, edge, onnx_device, onnx_edge, x, inputs, param)
@@ -201,6 +211,7 @@ def _export_onnx(config: ExportConfig, run, halves: tuple[DeviceHalf, EdgeHalf],
                 float((edge(device(xb, 0.0), 0.0) - q.tail(q.codec.decoder(q.codec.encoder(q.head(xb), 0.0), 0.0)))
                       .abs().max()) for xb in x.split(64))
     if config.calib_data is not None:
+        progress(f"calibrating and checking the int8 device half on {len(x)} {inputs}")
         int8 = quantize_device(dev_path, x, device.channel, meta["device"], config.calib_data, config.seed)
         q = OnnxDeviceHalf(int8.path)
         with torch.inference_mode():
