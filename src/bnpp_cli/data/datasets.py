@@ -138,7 +138,7 @@ def _resize_policy(resize) -> str:
     return f"resized ({interpolation}) to cover {cover}, centre-cropped to {H}x{W}"
 
 
-def _fit_to_size(x: torch.Tensor, resize) -> torch.Tensor:
+def fit_to_size(x: torch.Tensor, resize) -> torch.Tensor:
     """uint8 (N, 3, h, w) -> uint8 (N, 3, H, W) the timm eval way; x itself if already (H, W)."""
     (H, W), crop_pct, interpolation = resize
     h, w = x.shape[-2:]
@@ -173,7 +173,7 @@ class _FileReader:
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot decode image {path}: {_one_line(exc)}") from exc
         image = torch.from_numpy(pixels).permute(2, 0, 1)
-        return _fit_to_size(image[None], self.resize)[0].contiguous()
+        return fit_to_size(image[None], self.resize)[0].contiguous()
 
 
 def read_image(path: str | Path, input_size: tuple[int, int], crop_pct: float = 1.0,
@@ -188,7 +188,7 @@ def _array_dataset(images: torch.Tensor, labels, classes, source: str, resize) -
     """From uint8 (N, 3, h, w) images (a view is fine), resized once if not at the input size."""
     (H, W), h, w = resize[0], *images.shape[-2:]
     resized = (h, w) != (H, W) and f"{h}x{w} -> {H}x{W} once at load: {_resize_policy(resize)}"
-    return ImageDataset(labels, images=_fit_to_size(images, resize).contiguous(), classes=classes,
+    return ImageDataset(labels, images=fit_to_size(images, resize).contiguous(), classes=classes,
                         source=source, resized=resized)
 
 

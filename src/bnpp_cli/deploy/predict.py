@@ -37,7 +37,7 @@ import torch
 
 from .. import timing
 from ..data.batching import BatchTransform
-from ..data.datasets import IMAGE_EXTENSIONS, _fit_to_size, read_image
+from ..data.datasets import IMAGE_EXTENSIONS, fit_to_size, read_image
 from ..errors import BnppError, DataError, ExportError
 from ..link import wire
 from ..link.config import check_condition_name
@@ -216,7 +216,7 @@ def images_to_batch(device, images: Images) -> tuple[list[str], torch.Tensor]:
     if torch.is_tensor(images):
         names = [f"<image {i}>" for i in range(len(images))]
         if images.dtype == torch.uint8 and images.ndim == 4 and images.shape[-1] == 3:
-            return names, normalise(_fit_to_size(images.permute(0, 3, 1, 2).contiguous(), resize))
+            return names, normalise(fit_to_size(images.permute(0, 3, 1, 2).contiguous(), resize))
         if images.is_floating_point() and tuple(images.shape[1:]) == (3, *size):
             return names, images.float()
         raise DataError(f"image tensor {images.dtype} {tuple(images.shape)}: expected uint8 (N, H, W, 3) pixels "
@@ -232,7 +232,7 @@ def images_to_batch(device, images: Images) -> tuple[list[str], torch.Tensor]:
         elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
             rgb = torch.from_numpy(np.array(item.convert("RGB"))).permute(2, 0, 1)
             names.append(f"<image {i}>")
-            pixels.append(_fit_to_size(rgb[None].contiguous(), resize)[0])
+            pixels.append(fit_to_size(rgb[None].contiguous(), resize)[0])
         else:
             raise DataError(f"image {i} is a {type(item).__name__}: give paths, folders, globs or PIL images, "
                             "or one uint8 (N, H, W, 3) / normalised float (N, 3, H, W) tensor")
