@@ -251,4 +251,4 @@ def test_default_training_ranges():
     assert create_channel("awgn").param_range == pytest.approx((0.0, 0.1))
     assert create_channel("bec").param_range == (0.0, 0.01)  # p ~ U[0, 0.01)
     assert create_channel("none").sample_param(3).tolist() == [0.0, 0.0, 0.0]
-    assert set(CHANNELS) == {"none", "awgn", "awgn-power", "rayleigh", "bec", "bsc"}
+    assert set(CHANNELS) == {"none", "awgn", "awgn-power", "rayleigh", "bec", "bsc", "ofdm", "ldpc"}

@@ -43,7 +43,7 @@ def test_run_config_round_trips_as_typed_objects(fitted):
     assert json.loads(json.dumps(d)) == d  # plain JSON types all the way down
     assert RunConfig.from_dict(d) == config
     assert d["codec"]["feature_hw"] == [4, 4] and d["fit"]["channel"] == {"name": "awgn", "train_condition": 20.0,
-                                                                           "bits": 8}
+                                                                           "bits": 8, "phy": None}
 
 
 def test_unknown_missing_and_mistyped_keys_are_refused_with_their_path(fitted):
@@ -78,7 +78,7 @@ def test_configs_to_dict_and_from_dict_handle_nesting_and_optionals():
                     split="layer2", data="d.npz", out="o", channel=ChannelConfig("bec", [0.0, 0.02], 4), ratio=None,
                     code_channels=3)
     d = to_dict(fit)
-    assert d["channel"] == {"name": "bec", "train_condition": [0.0, 0.02], "bits": 4} and d["ratio"] is None
+    assert d["channel"] == {"name": "bec", "train_condition": [0.0, 0.02], "bits": 4, "phy": None} and d["ratio"] is None
     back = from_dict(FitConfig, d)
     assert back == fit and back.backbone.num_classes == 10 and back.channel.train_condition == [0.0, 0.02]
 
@@ -108,7 +108,8 @@ def test_every_channel_names_its_condition_and_unit(name):
     for value in ch.default_eval_conditions:
         ch.param_from_condition(value)  # every default evaluation condition is valid
     if expected == "snr_db":
-        assert ch.format_condition(20.0) == "PSNR 20 dB" and ch.format_train_condition() == "PSNR 20 dB to noiseless"
+        snr = "SNR" if name in ("ofdm", "ldpc") else "PSNR"  # the radio links' SNR is Es/N0, not a peak
+        assert ch.format_condition(20.0) == f"{snr} 20 dB" and ch.format_train_condition() == f"{snr} 20 dB to noiseless"
         assert ch.default_eval_conditions[0] == 0.0 and ch.default_eval_conditions[-1] == 30.0
     elif expected is not None:
         assert ch.format_condition(0.01) == "p = 0.01" and ch.format_train_condition() == "p 0 to 0.01"

@@ -41,6 +41,7 @@ _EXPORTS = {
     "encode_request": "deploy.protocol",
     "channel_uses": "link.capacity", "outage": "link.capacity", "rayleigh_outage": "link.capacity",
     "expected_top1": "link.capacity",
+    "PhyConfig": "link.phy", "LDPCLink": "link.ldpc", "BlockPlan": "link.ldpc",
     "BnppError": "errors", "CodecError": "errors", "ServeError": "errors",
 }
 

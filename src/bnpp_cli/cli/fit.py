@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, MeanOpt, ModelArg, ModelKwargsOpt, NumClassesOpt,
+from .options import (CheckpointOpt, DataOpt, ImgSizeOpt, MeanOpt, ModelArg, ModelKwargsOpt, NumClassesOpt, PhyOpt,
                       PretrainedOpt, SeedOpt, StdOpt, backbone_config, channel_config)
 from .progress import FitProgress  # noqa: F401 (the callback; importable from here as before)
 
@@ -23,7 +23,7 @@ def _opt(kind, help: str, *flags: str):
 Str, Int, Float, Bool = Optional[str], Optional[int], Optional[float], Optional[bool]
 SplitOpt = _opt(str, "Split point name (see `bnpp profile MODEL`).", "--split")
 OutOpt = _opt(Path, "Run directory to create.", "--out")
-ChannelOpt = _opt(str, "none, awgn, awgn-power, rayleigh, bec, bsc.")
+ChannelOpt = _opt(str, "none, awgn, awgn-power, rayleigh, bec, bsc; with bnpp[phy]: ofdm (analog), ldpc (digital).")
 SnrRangeOpt = _opt(Str, "Analog: train from S dB PSNR to noiseless, or a range A:B.")
 ErasureRangeOpt = _opt(Str, "bec: train for erasure probability p in [0, P), or a range A:B.")
 FlipRangeOpt = _opt(Str, "bsc: train for bit flip (crossover) probability p in [0, P), or a range A:B.")
@@ -72,7 +72,7 @@ LogIntervalOpt = _opt(int, "Progress in a log (stderr not a terminal): one line 
 def fit(
     model: ModelArg, split: SplitOpt, data: DataOpt = None, out: OutOpt = Path("runs/run"),
     channel: ChannelOpt = "awgn", snr: SnrRangeOpt = None, erasure: ErasureRangeOpt = None, flip: FlipRangeOpt = None,
-    bits: BitsOpt = 8, ratio: RatioOpt = 64.0, code_channels: CodeChannelsOpt = None, preset: PresetOpt = "bnpp",
+    phy: PhyOpt = None, bits: BitsOpt = 8, ratio: RatioOpt = 64.0, code_channels: CodeChannelsOpt = None, preset: PresetOpt = "bnpp",
     lmbda: LmbdaOpt = None, hidden_channels: HiddenOpt = None, encoder_blocks: EncoderBlocksOpt = None,
     decoder_blocks: DecoderBlocksOpt = 0, spatial_reduction: SpatialOpt = None,
     val_data: ValDataOpt = None, val_fraction: ValFractionOpt = 0.1, data_root: DataRootOpt = None,
@@ -106,7 +106,7 @@ def fit_config(**o: Any):
         raise BnppError(f"--log-interval {o['log_interval']} must be at least 1 (batches)")
     backbone = backbone_config(o["model"], o["pretrained"], o["checkpoint"], o["num_classes"], o["img_size"],
                                o["model_kwargs"], o["mean"], o["std"])
-    link = channel_config(o["channel"], o["snr"], o["erasure"], o["flip"], o["bits"])
+    link = channel_config(o["channel"], o["snr"], o["erasure"], o["flip"], o["bits"], o.get("phy"))
     same = ("split", "data", "ratio", "code_channels", "preset", "hidden_channels", "encoder_blocks",
             "decoder_blocks", "spatial_reduction", "val_data", "val_fraction", "data_root", "limit", "codec_epochs",
             "joint_epochs", "lr", "joint_lr", "lr_schedule", "batch_size", "distill", "distill_temperature",

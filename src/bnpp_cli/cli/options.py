@@ -58,6 +58,12 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 SnrOpt = Annotated[Optional[float], typer.Option(help="Analog channels: PSNR in dB (default: noiseless).")]
 ErasureOpt = Annotated[Optional[float], typer.Option(help="bec: bit erasure probability.")]
 FlipOpt = Annotated[Optional[float], typer.Option(help="bsc: bit flip (crossover) probability.")]
+PhyOpt = Annotated[Optional[list[str]], typer.Option(
+    "--phy", help="ofdm / ldpc (needs bnpp[phy]): the radio link as key=value, repeatable, e.g. --phy profile=C "
+                  "--phy speed_mps=30 --phy csi=perfect; ldpc: --phy link=awgn --phy modulation_bits=4 --phy "
+                  "code_rate=0.5. Keys: profile (A..E, A10..D30, none), delay_spread_ns, speed_mps, carrier_ghz, "
+                  "subcarrier_spacing_khz, subcarriers, ofdm_symbols, pilot_symbols (2,11), csi (ls, perfect), "
+                  "link, modulation_bits, code_rate, block_bits, crc.")]
 TopOpt = Annotated[int, typer.Option(help="How many classes to show.")]
 ThreadsOpt = Annotated[int, typer.Option(
     "--threads", help="torch threads for the timed work (1: batch-1 latency as one device core gives it, "
@@ -147,10 +153,45 @@ def link_condition(snr: float | None, erasure: float | None, flip: float | None)
     return given_condition(conditions(snr, erasure, flip))
 
 
-def channel_config(channel: str, snr: str | None, erasure: str | None, flip: str | None, bits: int):
-    """The ChannelConfig of --channel with the training range of --snr / --erasure / --flip."""
+def channel_config(channel: str, snr: str | None, erasure: str | None, flip: str | None, bits: int,
+                   phy: list[str] | None = None):
+    """The ChannelConfig of --channel with the training range of --snr / --erasure / --flip, and the
+    radio link of --phy (the Sionna channels)."""
+    from ..errors import ChannelError
     from ..link.config import ChannelConfig
+    from ..link.channels import PHY_CHANNELS
 
+    if phy and channel not in PHY_CHANNELS:
+        raise ChannelError(f"--phy applies to the radio links ({', '.join(PHY_CHANNELS)}), not channel '{channel}'")
     ranges = {flag: parse_range(value, flag) for flag, value in (("--snr", snr), ("--erasure", erasure),
                                                                  ("--flip", flip))}
-    return ChannelConfig.for_condition(channel, conditions(*ranges.values()), bits)
+    return ChannelConfig.for_condition(channel, conditions(*ranges.values()), bits, phy_config(phy))
+
+
+def phy_config(values: list[str] | None):
+    """--phy key=value ... -> a PhyConfig (its defaults for the keys not given), or None when none given."""
+    import dataclasses
+
+    from ..errors import ChannelError
+    from ..link.phy import PhyConfig
+
+    if not values:
+        return None
+    fields = {f.name: f for f in dataclasses.fields(PhyConfig)}
+    given: dict = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise ChannelError(f"--phy {item!r}: expected key=value with a key of {', '.join(fields)}")
+        default = getattr(PhyConfig(), key)
+        try:
+            if isinstance(default, list):
+                given[key] = [int(v) for v in raw.split(",") if v.strip()]
+            elif isinstance(default, (int, float)) and not isinstance(default, bool):
+                given[key] = type(default)(raw)
+            else:
+                given[key] = raw
+        except ValueError:
+            raise ChannelError(f"--phy {item!r}: {raw!r} is not a valid {key} "
+                               f"(like {default!r})") from None
+    return PhyConfig(**given)

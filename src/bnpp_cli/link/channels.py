@@ -24,6 +24,9 @@ Channels (BottleNet++, Shao & Zhang 2020, plus the common Deep JSCC conventions)
   with probability p, an erased bit decoded as its expected value (half its weight),
   z_hat = value / (2^n - 1).
 - ``bsc``: the same quantisation, each bit flipped independently with probability p.
+- ``ofdm`` (link.phy) and ``ldpc`` (link.ldpc): real radio links through Sionna PHY, an optional
+  extra: OFDM with pilots over 3GPP TDL fading for analog codes; 5G NR LDPC + CRC + QAM for
+  digital ones, a failed block an erasure. Their condition is the SNR Es/N0 in dB.
 
 Digital channels pass gradients straight through (identity backward). Every channel counts
 *real* channel symbols: one real symbol per encoded element (``symbols_per_element`` = 1.0), which
@@ -140,6 +143,11 @@ class Channel(nn.Module):
     def format_train_condition(self) -> str:
         """The training range in words, e.g. "PSNR 10 dB to noiseless", "p 0 to 0.01"."""
         return "noiseless"
+
+    def eval_row(self, param: float) -> dict:
+        """What `bnpp eval` reports beside top-1 at a condition (the radio links: channel uses, block
+        error rate); nothing here."""
+        return {}
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, train_condition={self.train_condition}"
@@ -374,11 +382,15 @@ class BinarySymmetricChannel(DigitalChannel):
                 f"flipped with probability p")
 
 
+from .phy import OFDMChannel, PhyConfig  # noqa: E402 (Sionna's channels: sionna is imported when one is built)
+from .ldpc import LDPCChannel  # noqa: E402
+
 CHANNELS: dict[str, type[Channel]] = {
     cls.name: cls
     for cls in (NoiselessChannel, AWGNChannel, PowerAWGNChannel, RayleighChannel,
-                BinaryErasureChannel, BinarySymmetricChannel)
+                BinaryErasureChannel, BinarySymmetricChannel, OFDMChannel, LDPCChannel)
 }
+PHY_CHANNELS = ("ofdm", "ldpc")  # built over a PhyConfig (link.phy), with the `phy` extra
 
 
 def list_channels() -> list[str]:
@@ -386,12 +398,18 @@ def list_channels() -> list[str]:
     return list(CHANNELS)
 
 
-def create_channel(name: str, train_condition: Condition = None, bits: int = 8) -> Channel:
-    """Build a channel by name; ``bits`` applies to digital channels only."""
+def create_channel(name: str, train_condition: Condition = None, bits: int = 8,
+                   phy: PhyConfig | None = None) -> Channel:
+    """Build a channel by name; ``bits`` applies to digital channels only, ``phy`` to the Sionna
+    channels only (None: PhyConfig's defaults)."""
     cls = CHANNELS.get(name)
     if cls is None:
         raise ChannelError(f"unknown channel {name!r}; valid: {', '.join(CHANNELS)}",
                            hint=choices_hint(str(name), CHANNELS))
+    if cls is LDPCChannel:
+        return cls(train_condition, bits=bits, phy=phy)
+    if cls is OFDMChannel:
+        return cls(train_condition, phy=phy)
     if issubclass(cls, DigitalChannel):
         return cls(train_condition, bits=bits)
     return cls(train_condition)

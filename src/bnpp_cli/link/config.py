@@ -1,7 +1,7 @@
 """The channel's config (stored in a run and its deploy halves) and which condition a channel takes.
 
 A condition is named by the channel that takes it (``Channel.condition_name``): ``snr_db`` (the
-analog channels: PSNR in dB), ``erasure`` (bec: the bit erasure probability) or ``flip`` (bsc: the
+analog channels: PSNR in dB; the radio links ofdm and ldpc: Es/N0 in dB), ``erasure`` (bec: the bit erasure probability) or ``flip`` (bsc: the
 bit flip, i.e. crossover, probability); the noiseless channel takes none. This module is the one
 place that checks a condition given by name against a channel, so no other module compares
 condition names. How a front end lets users give a condition (the CLI's ``--snr``, ``--erasure``,
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import ChannelError
-from .channels import CHANNELS, Channel, create_channel
+from .channels import CHANNELS, PHY_CHANNELS, Channel, create_channel
+from .phy import PhyConfig
 
 
 @dataclass
@@ -28,25 +29,32 @@ class ChannelConfig:
             channels, a bit probability for digital ones): S (from S to the best condition) or
             [A, B]; default None: the channel's default (20 dB, or p < 0.01).
         bits: digital channels only: bits per symbol; default 8, BottleNet++'s quantiser.
+        phy: the radio link of the Sionna channels (ofdm, ldpc: grid, TDL profile, speed, CSI, LDPC
+            code and QAM; link.phy.PhyConfig), None for every other channel; default None (for
+            ofdm and ldpc: PhyConfig's defaults, filled in by :meth:`for_condition`).
     """
 
     name: str = "awgn"
     train_condition: float | list[float] | None = None
     bits: int = 8
+    phy: PhyConfig | None = None
 
     def build(self) -> Channel:
-        """The channel module (validates the name, the range and the bits)."""
+        """The channel module (validates the name, the range, the bits and the radio link)."""
         cond = tuple(self.train_condition) if isinstance(self.train_condition, list) else self.train_condition
-        return create_channel(self.name, train_condition=cond, bits=self.bits)
+        return create_channel(self.name, train_condition=cond, bits=self.bits, phy=self.phy)
 
     @classmethod
-    def for_condition(cls, name: str, given: Mapping[str, Any] | None = None, bits: int = 8) -> "ChannelConfig":
+    def for_condition(cls, name: str, given: Mapping[str, Any] | None = None, bits: int = 8,
+                      phy: PhyConfig | None = None) -> "ChannelConfig":
         """The config for channel `name` trained over the one condition set in `given`
         ({condition name: S or [A, B] or None}, e.g. {"snr_db": 10.0, "flip": None}); validated by
-        building the channel. A condition that the channel does not take is refused (:func:`select_condition`)."""
-        proto = create_channel(name, bits=bits)  # validates the name, lists the valid ones
+        building the channel. A condition that the channel does not take is refused (:func:`select_condition`).
+        ``phy`` is kept for the Sionna channels (its defaults when None) and ignored by the others."""
+        phy = (phy or PhyConfig()) if name in PHY_CHANNELS else None
+        proto = create_channel(name, bits=bits, phy=phy)  # validates the name, lists the valid ones
         cond = select_condition(proto, given or {})
-        config = cls(name, list(cond) if isinstance(cond, (list, tuple)) else cond, bits)
+        config = cls(name, list(cond) if isinstance(cond, (list, tuple)) else cond, bits, phy)
         config.build()  # validates the range
         return config
 
