@@ -9,12 +9,14 @@ analog run given (`--analog NAME=EVAL.json`, its `bnpp eval --json` over `--chan
       m x the slots' data resource elements (at most 5 k, the code's lowest rate 1/5), 2^m-QAM, the same OFDM grid, TDL profile, speed and
       LS/LMMSE receiver as the analog run; an image whose block fails its CRC is lost (top-1 scored as
       chance, 1 / classes), else its noiseless prediction stands; one channel draw per image and SNR;
+  (a') with --speeds: each faded analog run re-evaluated at other UE speeds (bnpp_cli.evaluate_run on
+      the run with its channel rebuilt at that speed; one draw, --images test images);
   (c) the bound: the same streams under an ideal code at capacity on the data resource elements of
       AWGN, log2(1 + SNR) bits each (pilots are overhead here too): lost when the longest stream
       does not fit.
 
     python benchmarks/separate_vs_joint_phy.py --analog tdl-c=E1.json --analog awgn=E2.json --entropy RUN \
-        [--data ../shared/data/cifar10/test.npz --images 1000 --qam 2,4]
+        [--data ../shared/data/cifar10/test.npz --images 1000 --qam 2,4 --speeds 3,120]
 
 Writes benchmarks/results/separate_vs_joint_phy.json (command, commit, machine, inputs, rows, the
 markdown table) and the plot beside it; prints the table.
@@ -31,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from bnpp_cli import BatchTransform, BlockPlan, LDPCLink, PhyConfig, RunDir, load_dataset, load_run
+from bnpp_cli import (BatchTransform, BlockPlan, EvalConfig, LDPCLink, PhyConfig, RunDir, create_channel, evaluate_run,
+                      load_dataset, load_run)
 from harness import SHARED, Results, add_options, floats, pyplot, save_figure
 
 SNRS_DB = tuple(float(s) for s in range(-5, 31, 5))
@@ -118,6 +121,24 @@ def bound_row(name: str, phy: PhyConfig, uses: int, ent: dict) -> dict:
             "channel_uses": uses, "top1": top1, "top1_error_free": top1_free}
 
 
+def speed_rows(name: str, ev: dict, data: str, images: int, speeds: list[float], seed: int) -> list[dict]:
+    """The analog run at other UE speeds than it was trained for (its channel rebuilt at each speed)."""
+    rows = []
+    for speed in speeds:
+        run = load_run(ev["run"])
+        cfg = run.config.channel
+        phy = dataclasses.replace(cfg.phy, speed_mps=speed)
+        cond = tuple(cfg.train_condition) if isinstance(cfg.train_condition, list) else cfg.train_condition
+        run.pipeline.channel = create_channel(cfg.name, cond, phy=phy)
+        res = evaluate_run(EvalConfig(ev["run"], data, conditions=list(SNRS_DB[1:]), draws=1, limit=images, seed=seed),
+                           run=run)
+        rows.append({"link": name, "scheme": f"analog bnpp {res.bandwidth_ratio:g}x at {speed:g} m/s", "kind": "speed",
+                     "speed_mps": speed, "trained_speed_mps": cfg.phy.speed_mps,
+                     "channel_uses": res.results[0]["channel_uses_per_image"], "images": res.images,
+                     "top1": {f"{next(iter(r['condition'].values())):g}": r["top1_mean"] for r in res.results}})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     head = "| link | scheme | channel uses | " + " | ".join(f"{s:g} dB" for s in SNRS_DB) + " |"
     lines = [head, "|" + "---|" * (3 + len(SNRS_DB))]
@@ -134,6 +155,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "cifar10" / "test.npz"), help="test images (.npz)")
     ap.add_argument("--images", type=int, default=1000, help="test images the separate scheme sends")
     ap.add_argument("--qam", default="2,4", help="bits per QAM symbol to try (2 QPSK, 4 16-QAM, 6 64-QAM)")
+    ap.add_argument("--speeds", default="", help="UE speeds (m/s) to re-evaluate the faded analog runs at, e.g. 3,120")
     add_options(ap, out="benchmarks/results/separate_vs_joint_phy.json", out_help="results file (JSON; the plot beside it)",
                 device=False, plot_only=True)
     args = ap.parse_args()
@@ -155,6 +177,8 @@ def main() -> None:
                      "top1": {f"{next(iter(r['condition'].values())):g}": r["top1_mean"] for r in ev["results"]},
                      "top1_noiseless": ev["noiseless_top1"], "images": ev["images"], "draws": ev["results"][0]["draws"],
                      "channel_definition": ev["channel_definition"], "source": ev["run"]})
+        if phy.profile != "none" and args.speeds:
+            rows += speed_rows(name, ev, args.data, args.images, floats(args.speeds), args.seed)
         rows += separate_rows(name, phy, uses, ent, [int(q) for q in floats(args.qam)], args.seed)
         rows.append(bound_row(name, phy, uses, ent))
     out = {"snrs_db": SNRS_DB, "entropy_run": args.entropy, "images": len(ent["bits"]),
@@ -178,8 +202,8 @@ def plot(out: dict, path: Path) -> None:
     for ax, link in zip(axes[0], links):
         for r in (r for r in out["rows"] if r["link"] == link):
             xs = [float(k) for k in r["top1"]]
-            style = {"analog": dict(marker="o", color="tab:blue"), "bound": dict(ls=":", color="k")}.get(
-                r["kind"], dict(marker="s", ls="--"))
+            style = {"analog": dict(marker="o", color="tab:blue"), "bound": dict(ls=":", color="k"),
+                     "speed": dict(marker=".", ls="-.", alpha=0.7)}.get(r["kind"], dict(marker="s", ls="--"))
             ax.plot(xs, [100 * v for v in r["top1"].values()], label=f"{r['scheme']} ({r['channel_uses']} uses)", **style)
         ax.set_xlabel("SNR (dB, Es/N0 per resource element)")
         ax.set_ylabel("top-1 (%)")
