@@ -1,4 +1,5 @@
-"""`bnpp search`: the split AND the rate from measured accuracy (short fits, then halving).
+"""`bnpp search`: the split AND the rate from measured accuracy (short fits, then halving), its state
+an Optuna study that any number of workers share (the same command, --storage for many machines).
 
 The options are declared once below (one alias each), :func:`search_config` turns them into a
 SearchConfig, and progress goes to stderr through cli/search_render.py.
@@ -21,7 +22,7 @@ def _opt(kind, help: str, *flags: str):
 
 
 Str, Int = Optional[str], Optional[int]
-OutOpt = _opt(Path, "Search directory: candidates/NAME runs and search.json.", "--out")
+OutOpt = _opt(Path, "Search directory: study.journal, candidates/NAME runs, search.json.", "--out")
 ValDataOpt = _opt(Str, "Validation images (default: a split of --data, as fit).")
 ValFractionOpt = _opt(float, "Share of --data held out when no --val-data.")
 ChannelOpt = _opt(str, "none, awgn, awgn-power, rayleigh, bec, bsc.")
@@ -49,6 +50,9 @@ CacheOpt = _opt(Optional[bool], "Compute each split's frozen-head features once,
 DrawsOpt = _opt(int, "Noise draws per measurement.")
 DeviceOpt = _opt(str, "cpu or cuda.")
 PlotOpt = _opt(Optional[Path], "Write the picture (PNG): MACs vs bits, drop as colour.")
+StorageOpt = _opt(Str, "The study's storage [DIR/study.journal]: postgresql://..., mysql://..., sqlite:///... or "
+                       "journal:PATH; start the same command on every worker.")
+StudyOpt = _opt(str, "The study's name in the storage.")
 
 
 def search(
@@ -60,6 +64,7 @@ def search(
     first_images: FirstImagesOpt = 2000, first_epochs: FirstEpochsOpt = 1, eta: EtaOpt = 3, rounds: RoundsOpt = 3,
     preset: PresetOpt = "bnpp", batch_size: BatchOpt = None, augment: AugmentOpt = False,
     cache_features: CacheOpt = None, draws: DrawsOpt = 2, device: DeviceOpt = "cpu", plot: PlotOpt = None,
+    storage: StorageOpt = None, study: StudyOpt = "bnpp-search",
     json_path: JsonOpt = None, pretrained: PretrainedOpt = False, checkpoint: CheckpointOpt = None,
     num_classes: NumClassesOpt = None, img_size: ImgSizeOpt = None, model_kwargs: ModelKwargsOpt = None,
     mean: MeanOpt = None, std: StdOpt = None, seed: SeedOpt = 0,
@@ -99,7 +104,7 @@ def search_config(**o: Any):
     splits = None if o["splits"] == "auto" else [s.strip() for s in o["splits"].split(",") if s.strip()]
     budget = Budget(bandwidth_mbps=o["bandwidth_mbps"], device_gmacs=o["device_gmacs"], edge_gmacs=o["edge_gmacs"])
     same = ("data", "auto_splits", "max_drop", "val_data", "val_fraction", "first_images", "first_epochs", "eta",
-            "rounds", "preset", "batch_size", "augment", "draws", "device", "seed")
+            "rounds", "preset", "batch_size", "augment", "draws", "device", "seed", "storage", "study")
     return SearchConfig(backbone=backbone, out=str(o["out"]), channel=link, splits=splits, rates=rates,
                         bits_per_image=per_image, budget=budget, feature_cache=o["cache_features"],
                         **{k: o[k] for k in same})
