@@ -214,3 +214,26 @@ def test_ldpc_bler_agrees_with_sionnas_own_simulation():
     # the channel's condition is Es/N0: Eb/N0 + 10 log10(m r)
     ch = LDPCChannel(bits=8, phy=phy)
     assert ch.param_from_condition(ebno_db + 10 * math.log10(m * plan.rate)) ** 2 == pytest.approx(n0, rel=1e-5)
+
+
+# -- through fit and eval ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["ldpc", "ofdm"])
+def test_eval_reports_channel_uses_and_block_error_rate(tmp_path, name):
+    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+    from bnpp_cli.run.rundir import RunDir
+
+    from .helpers import tiny_npz, tiny_run
+
+    tiny_run(tmp_path, channel=name, condition=[0.0, 20.0], ratio=16.0, limit=32)
+    assert RunDir(tmp_path / "run").read_config().channel.phy == PhyConfig()  # stored in full
+    ev = evaluate_run(EvalConfig(str(tmp_path / "run"), str(tiny_npz(tmp_path / "test.npz", n=16, seed=1)),
+                                 conditions=[-10.0, 30.0], draws=1))
+    low, high = ev.results
+    uses = create_channel(name).channel_uses(ev.code_symbols)
+    assert low["channel_uses_per_image"] == high["channel_uses_per_image"] == uses
+    if name == "ldpc":
+        assert low["block_error_rate"] == 1.0 and high["block_error_rate"] == 0.0
+        assert low["blocks"] == 16 * low["blocks_per_image"] and 0 < low["code_rate"] <= 0.5
+    else:
+        assert uses == 168 * math.ceil(ev.code_symbols / 288)

@@ -39,6 +39,10 @@ class ChannelConfig:
     bits: int = 8
     phy: PhyConfig | None = None
 
+    def __post_init__(self) -> None:
+        if self.phy is None and self.name in PHY_CHANNELS:
+            self.phy = PhyConfig()  # stored in full, so a later release's defaults never change a run
+
     def build(self) -> Channel:
         """The channel module (validates the name, the range, the bits and the radio link)."""
         cond = tuple(self.train_condition) if isinstance(self.train_condition, list) else self.train_condition
