@@ -220,8 +220,10 @@ if args.get("barrier"):
     Path(args["barrier"], str(os.getpid())).touch()
     while len(list(Path(args["barrier"]).iterdir())) < args["workers"]:
         time.sleep(0.05)
-result = search_split_rate(SearchConfig.from_dict(args["config"]),
-                           lambda e, i: note(e, i.get("name", i.get("measured", {}).get("name"))))
+def event(e, i):
+    m = i.get("measured")
+    note(e, i.get("name") or (m["name"] if isinstance(m, dict) else None))
+result = search_split_rate(SearchConfig.from_dict(args["config"]), event)
 note("result", result.to_dict())
 """
 
@@ -262,12 +264,14 @@ def test_two_workers_fit_each_candidate_once_and_agree_with_one(tmp_path):
     logs = [_log(tmp_path / f"w{i}.log") for i in (0, 1)]
     fitted = [[row[1] for row in log if row[0] == "fit_codec"] for log in logs]
     names = [c["name"] for c in single["candidates"]]
-    assert len(names) == 6  # round 0: 4 splits; round 1: the 2 that halving keeps
+    # round 0: 4 splits; round 1: the fastest within 100 points (nothing is faster to go on beside it)
+    assert len(names) == 5 and sum(c["round"] == 1 for c in single["candidates"]) == 1
     assert sorted(fitted[0] + fitted[1]) == sorted(names)  # every candidate fitted once, by one of the two
     assert fitted[0] and fitted[1]  # and both worked
     trials = _trials(shared)
-    assert sorted(t.user_attrs["name"] for t in trials) == sorted(names)
-    assert {t.state.name for t in trials} == {"COMPLETE"}
+    assert sorted(t.user_attrs["name"] for t in trials if t.state.name == "COMPLETE") == sorted(names)
+    # two workers queueing a round at the same moment leave twins: each one claimed and dropped, never fitted
+    assert all(t.state.name == "COMPLETE" or "duplicate_of" in t.user_attrs for t in trials)
     for log in logs:
         result = next(row[1] for row in log if row[0] == "result")
         assert result["recommendation"]["candidate"]["name"] == single["recommendation"]["candidate"]["name"]
