@@ -107,6 +107,11 @@ def test_a_study_refuses_a_worker_with_other_options_and_bad_storages(tmp_path):
         open_storage("redis://u:secret@host/0", tmp_path)
     assert "secret" not in str(e.value) and "postgresql://" in e.value.hint
     assert hide_password("postgresql://bnpp:pw@db:5432/s") == "postgresql://bnpp:***@db:5432/s"
+    data = tiny_npz(tmp_path / "d.npz", n=32)
+    r = CliRunner().invoke(app, ["search", "test_resnet", "--data", str(data), "--out", str(tmp_path / "s"),
+                                 "--storage", "mongodb://u:secret@h/db"])
+    assert r.exit_code == 2 and "--storage mongodb://u:***@h/db: not a storage bnpp knows" in r.output
+    assert "secret" not in r.output and not (tmp_path / "s").exists()  # refused before any work
     assert hide_password("sqlite:///x.db") == "sqlite:///x.db"
 
 
@@ -172,8 +177,10 @@ def test_a_search_whose_candidates_did_not_learn_says_its_budget_is_too_small(tm
     r = CliRunner().invoke(app, ["search", "test_resnet", "--num-classes", "10", "--img-size", "32", "--data",
                                  str(tmp_path / "train.npz"), "--out", str(tmp_path / "s"), "--snr", "20", "--splits",
                                  "layer4", "--ratios", "4", "--rounds", "1", "--first-images", "32", "--batch-size",
-                                 "16", "--max-drop", "100", "--draws", "1", "--json", str(tmp_path / "s.json")])
+                                 "16", "--max-drop", "100", "--draws", "1", "--json", str(tmp_path / "s.json"),
+                                 "--plot", str(tmp_path / "s.png")])
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     said = " ".join(r.output.split())  # as one line, whatever the console's width
     assert "1 measured, 0 learned - the budget is too small for any candidate to learn; that was the last round" \
         in said and "go on" not in said

@@ -50,7 +50,7 @@ from .candidates import choose_candidates, rate_to_ratio
 from .fit import check_fit_inputs, resolve_recipe
 from .rundir import RunDir
 from .rungs import CANDIDATES_DIR, FEATURES_DIR, Rungs, candidate_name, fit_config
-from .study import STUDY_FILE, SearchStudy, hide_password, open_storage
+from .study import STUDY_FILE, SearchStudy, check_storage, hide_password, open_storage
 
 SEARCH_FILE = "search.json"
 VAL_FILE = "val.npz"
@@ -242,6 +242,7 @@ def _check(c: SearchConfig) -> None:
                         hint="--eta >= 2; --rounds, --first-images, --first-epochs, --draws >= 1; --max-drop >= 0")
     if not c.study.strip():
         raise BnppError("--study '' is empty: give the study a name (default bnpp-search)")
+    check_storage(c.storage)
     if not c.rates:
         raise BnppError("no rates to try: give --ratios (or --bits-per-image) with at least one value")
     bits = c.channel.build().bits_per_element  # validates the channel; None on analog ones

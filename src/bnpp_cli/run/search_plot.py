@@ -26,9 +26,10 @@ def plot_search(result: SearchResult, path: str) -> None:
     sc = ax.scatter([c["device_macs"] / 1e6 for c in final], [c["bits_per_image"] for c in final],
                     c=[c["val_drop"] for c in final], s=50, edgecolors=["k" if p else "none" for p in on_front],
                     linewidths=1.2, label="candidates (longest fit); black edge: Pareto set", **colour)
-    for c in final:
-        ax.annotate(f"{c['split']} {c['rate']:g} ({c['val_drop']:.1f})", (c["device_macs"] / 1e6, c["bits_per_image"]),
-                    fontsize=7, xytext=(4, 3), textcoords="offset points")
+    for c in final:  # a candidate that did not learn is labelled so: it is never Pareto or recommended
+        unlearned = ", did not learn" if c.get("learned") is False else ""
+        ax.annotate(f"{c['split']} {c['rate']:g} ({c['val_drop']:.1f}{unlearned})",
+                    (c["device_macs"] / 1e6, c["bits_per_image"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     for b, marker in zip(base, ("s", "^")):
         ax.scatter([b["device_macs"] / 1e6], [b["bits_per_image"]], c=[b["val_drop"]], marker=marker, s=90,
                    edgecolors="k", label=f"{b['name']} ({b['val_drop']:.2f} pt)", **colour)

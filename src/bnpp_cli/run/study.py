@@ -47,6 +47,19 @@ _CANDIDATE = ("name", "split", "rate", "round", "images", "epochs")  # what a qu
 _MEASURED = tuple(f.name for f in fields(Measured))
 
 
+def check_storage(url: str | None) -> None:
+    """--storage's form, before any work: None, journal:PATH, or an RDB URL of a scheme bnpp knows."""
+    if url is None:
+        return
+    if url.startswith("journal:"):
+        if not url[len("journal:"):].strip():
+            raise BnppError(f"--storage {url}: a journal needs a file path", hint="e.g. journal:/shared/search.journal")
+        return
+    if urlsplit(url).scheme.split("+")[0] not in RDB_SCHEMES:
+        raise BnppError(f"--storage {hide_password(url)}: not a storage bnpp knows",
+                        hint=f"give {', '.join(s + '://...' for s in RDB_SCHEMES)} or journal:PATH")
+
+
 def open_storage(url: str | None, out: Path):
     """The Optuna storage of ``url``: None -> out/study.journal; ``journal:PATH`` -> a journal file (a
     shared filesystem for workers on many machines); postgresql://, mysql://, sqlite:/// -> Optuna's
@@ -55,17 +68,15 @@ def open_storage(url: str | None, out: Path):
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
+    check_storage(url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the library never prints; Optuna's INFO would
     if url is None or url.startswith("journal:"):
         path = out / STUDY_FILE if url is None else Path(url[len("journal:"):]).expanduser()
-        if not str(path) or path.is_dir():
-            raise BnppError(f"--storage {url}: a journal needs a file path", hint="e.g. journal:/shared/search.journal")
+        if path.is_dir():
+            raise BnppError(f"--storage {url}: {path} is a directory; a journal is a file",
+                            hint="e.g. journal:/shared/search.journal")
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    scheme = urlsplit(url).scheme.split("+")[0]
-    if scheme not in RDB_SCHEMES:
-        raise BnppError(f"--storage {hide_password(url)}: not a storage bnpp knows",
-                        hint=f"give {', '.join(s + '://...' for s in RDB_SCHEMES)} or journal:PATH")
     try:
         return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except ImportError as e:
