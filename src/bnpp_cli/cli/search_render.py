@@ -39,6 +39,9 @@ class SearchProgress:
                        f"measured at {info['condition']} on {info['images']} validation images ({info['validation']})")
             self._line(f"study {info['study']} in {info['storage']}: more workers join with the same command "
                        f"(watch: optuna-dashboard {info['storage']})")
+        elif event == "measuring":
+            self._line(f"measuring the uncut model and the image encodings (PNG, JPEG {info['qualities']}) on "
+                       f"{info['images']} validation images ...")
         elif event == "baselines":
             lab, img = info["label_on_device"], info["image_to_edge"]
             self._line(f"baselines: uncut model {info['backbone_val_top1']:.2%} on validation; label on device "

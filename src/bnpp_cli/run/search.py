@@ -22,8 +22,8 @@
 A worker is any process that runs the same search on the same storage: start the command again
 (here or on another machine, with --storage) and the workers split the fits; run it again after an
 interruption and it picks up where the study stopped (a fit stopped half way resumes from its
-checkpoint). The library never prints: progress goes to the callback ("start", "baselines", "fit",
-"candidate", "wait", "round").
+checkpoint). The library never prints: progress goes to the callback ("measuring", "baselines",
+"start", "fit", "candidate", "wait", "lost", "round").
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def search_split_rate(config: SearchConfig, callback: Callback = _noop) -> Searc
     out.mkdir(parents=True, exist_ok=True)
     study = SearchStudy(open_storage(config.storage, out), config.study, config.to_dict(), _SAME,
                         _where(config))
-    val = _validation(config, model, out, study)
+    val = _validation(config, model, out, study, callback)
     base = bl.baselines(study.get_attr("images"), model.total_macs, model.backbone.num_classes, config.budget,
                         config.max_drop)
     callback("baselines", base)
@@ -348,7 +348,7 @@ class _Validation:
     train_images: int  # what a fit trains on once they are held out
 
 
-def _validation(config: SearchConfig, model: _Model, out: Path, study: SearchStudy) -> _Validation:
+def _validation(config: SearchConfig, model: _Model, out: Path, study: SearchStudy, callback: Callback) -> _Validation:
     """The validation images (written as DIR/val.npz when held out of --data), and the uncut model's
     and the image encodings' figures on them (measured by the first worker, kept in the study)."""
     b = model.backbone
@@ -358,5 +358,6 @@ def _validation(config: SearchConfig, model: _Model, out: Path, study: SearchStu
     if not config.val_data and not (out / VAL_FILE).is_file():
         bl.write_images_npz(out / VAL_FILE, x, y, classes)
     if study.get_attr("images") is None:
+        callback("measuring", {"images": len(y), "qualities": list(bl.JPEG_QUALITIES)})
         study.set_attr("images", bl.measure_images(b.model, x, y, b.data_config))
     return _Validation(config.val_data or str(out / VAL_FILE), source, len(y), train_images)
