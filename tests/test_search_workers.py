@@ -115,21 +115,46 @@ def test_a_study_refuses_a_worker_with_other_options_and_bad_storages(tmp_path):
     assert hide_password("sqlite:///x.db") == "sqlite:///x.db"
 
 
-def test_a_search_dir_made_before_studies_is_read_but_not_resumed(tmp_path):
+def test_a_search_dir_made_before_studies_is_read_and_refused_with_other_options(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
-    summary = {"out": str(old), "model": "test_resnet", "channel": "awgn", "condition": "20 dB", "validation": {},
-               "splits": [], "rates": [4.0], "rate_unit": "ratio", "candidates": [], "skipped": [], "final": [],
-               "pareto": [], "baselines": {}, "recommendation": {"candidate": None}, "budget": {}, "seconds": 1.0,
-               "status": "done", "schema": 1, "config": {}}
-    (old / "search.json").write_text(json.dumps(summary))
-    assert read_search(old).schema == 1  # `bnpp profile --search` still reads it
     config = SearchConfig(backbone=BackboneConfig("test_resnet", num_classes=10, img_size=32),
                           data=str(tiny_npz(tmp_path / "d.npz", n=32)), out=str(old), rates=[4.0], batch_size=16,
                           first_images=32)
-    with pytest.raises(RunError, match=r"made by an older bnpp \(search.json schema 1, no study.journal\)") as e:
+    summary = {"out": str(old), "model": "test_resnet", "channel": "awgn", "condition": "20 dB", "validation": {},
+               "splits": [], "rates": [4.0], "rate_unit": "ratio", "candidates": [], "skipped": [], "final": [],
+               "pareto": [], "baselines": {}, "recommendation": {"candidate": None}, "budget": {}, "seconds": 1.0,
+               "status": "done", "schema": 1, "config": dict(config.to_dict(), seed=1)}
+    for key in ("storage", "study", "poll_s"):  # what a search.json of schema 1 did not have
+        del summary["config"][key]
+    (old / "search.json").write_text(json.dumps(summary))
+    assert read_search(old).schema == 1  # `bnpp profile --search` still reads it
+    with pytest.raises(RunError, match=r"made by an older bnpp \(search.json schema 1, no study.journal\) with other "
+                                       r"seed \(seed 1\)") as e:
         search_split_rate(config)
-    assert "give another --out" in e.value.hint and sorted(p.name for p in old.iterdir()) == ["search.json"]
+    assert "its fits are reused" in e.value.hint and sorted(p.name for p in old.iterdir()) == ["search.json"]
+    (old / "search.json").write_text("{not json")
+    with pytest.raises(RunError, match="is not a bnpp search summary this bnpp reads"):
+        search_split_rate(config)
+
+
+@pytest.mark.slow
+def test_a_search_made_before_studies_is_taken_up_without_refitting(tmp_path):
+    tiny_npz(tmp_path / "train.npz", n=64)
+    config = _tiny(tmp_path, "s", splits=["layer4"], rounds=1)
+    first = search_split_rate(config)
+    out = Path(config.out)
+    for p in out.glob("study.journal*"):  # what a search made before studies leaves: search.json was the state
+        p.unlink()
+    summary = json.loads((out / "search.json").read_text())
+    summary["schema"] = 1
+    for key in ("storage", "study", "poll_s"):
+        del summary["config"][key]
+    (out / "search.json").write_text(json.dumps(summary))
+    events = []
+    again = search_split_rate(config, lambda e, i: events.append((e, i)))
+    assert [i["reused"] for e, i in events if e == "fit"] == [True]  # its finished run measured, not fitted
+    assert again.recommendation == first.recommendation and again.schema == 2
 
 
 # ---- a candidate that did not learn --------------------------------------------------------------

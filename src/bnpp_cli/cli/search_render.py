@@ -48,7 +48,8 @@ class SearchProgress:
                        f"{lab['latency_ms']:.3f} ms; image to edge {img['latency_ms']:.3f} ms ({img['what']}, "
                        f"drop {img['val_drop']:.2f} pt)")
         elif event == "fit":
-            self._line(f"[{info['done'] + 1}/{info['planned']}] fitting {info['name']} (round {info['round']}: "
+            what = "measuring (its run is finished)" if info.get("reused") else "fitting"
+            self._line(f"[{info['done'] + 1}/{info['planned']}] {what} {info['name']} (round {info['round']}: "
                        f"{info['images']} images x {info['epochs']} epochs)")
         elif event == "candidate":
             m, best = info["measured"], info["best"]

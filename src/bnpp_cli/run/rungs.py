@@ -29,6 +29,7 @@ from .candidates import (Measured, TimeLeft, latest, latency_ms, pareto, promote
 from .checks import learned_check
 from .config import FitConfig
 from .measure import fit_and_measure, sent_per_image
+from .rundir import RunDir
 from .study import Claim, SearchStudy
 
 if TYPE_CHECKING:
@@ -163,9 +164,10 @@ class Rungs:
         cand = claim.candidate
         started = time.perf_counter()
         try:
+            reused = RunDir(self.out / CANDIDATES_DIR / cand["name"]).finished  # a finished run: measured only
             self.callback("fit", {"name": cand["name"], "round": cand["round"], "images": cand["images"],
                                   "epochs": cand["epochs"], "done": len(self.seen), "planned": sum(self.plan),
-                                  "trial": claim.number})
+                                  "trial": claim.number, "reused": reused})
             m = _measure(self.config, point, rate, cand, self.out, self.val.path, self.target, self.model,
                          self.channel.bits_per_element)
         except CodecError as e:

@@ -268,20 +268,27 @@ _OURS = (CANDIDATES_DIR, VAL_FILE, FEATURES_DIR, SEARCH_FILE)
 
 def _check_out(out: Path, config: SearchConfig) -> None:
     """--out: new, empty, or a search's directory (a study's, or a summary beside a --storage study).
-    A directory whose search.json is the state of a search made before searches were studies
-    (schema 1, no study) is refused with what to do."""
+    A search made before searches were studies (search.json schema 1 was its state, no study) is
+    taken up when it searched the same model, data and channel (_SAME): its finished candidate runs
+    are reused as they are, measured again into the new study; with other options it is refused,
+    naming them, as a study refuses a worker."""
     if not out.is_dir():
         return
     summary, journal = out / SEARCH_FILE, out / STUDY_FILE
     if summary.is_file() and not journal.exists() and config.storage is None:
         try:
-            schema = json.loads(summary.read_text()).get("schema", 0)
-        except (ValueError, AttributeError):
-            schema = 0
-        if schema < SEARCH_SCHEMA:
+            old = json.loads(summary.read_text())
+            schema, saved = old.get("schema", 0), SearchConfig.from_dict(old["config"])
+        except (ValueError, AttributeError, KeyError, TypeError, BnppError) as e:
+            raise RunError(f"--out {out}: '{summary}' is not a bnpp search summary this bnpp reads ({str(e)[:120]})",
+                           hint="give another --out to search again") from None
+        mine, theirs = config.to_dict(), saved.to_dict()
+        diff = [k for k in _SAME if mine[k] != theirs[k]]
+        if schema < SEARCH_SCHEMA and diff:
             raise RunError(f"--out {out} holds a search made by an older bnpp (search.json schema {schema}, no "
-                           f"{STUDY_FILE}): it cannot be resumed as a study",
-                           hint="`bnpp profile --search` still reads it; give another --out to search again")
+                           f"{STUDY_FILE}) with other {', '.join(diff)} "
+                           f"({', '.join(f'{k} {theirs[k]!r}' for k in diff)})",
+                           hint="give its options to take it up (its fits are reused), or another --out")
     foreign = [p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(STUDY_FILE)]
     if foreign:
         raise RunError(f"--out {out} holds files that are not a bnpp search's ({', '.join(sorted(foreign)[:3])})",
