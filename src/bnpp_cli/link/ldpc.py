@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .channels import AnalogChannel, Condition, Param
+from ..errors import ChannelError
+from .channels import BITS_RANGE, AnalogChannel, Condition, Param
 from .phy import OFDMLink, PhyConfig, complex_noise, require_sionna
 from .quantize import bit_planes, dequantize, expected_levels, quantize, straight_through
 
@@ -108,9 +109,6 @@ class LDPCChannel(AnalogChannel):
     default_eval_conditions = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)  # dense around 16-QAM rate 1/2's cliff
 
     def __init__(self, train_condition: Condition = None, bits: int = 8, phy: PhyConfig | None = None):
-        from .channels import BITS_RANGE
-        from ..errors import ChannelError
-
         lo, hi = BITS_RANGE
         if not (isinstance(bits, int) and lo <= bits <= hi):
             raise ChannelError(f"bits {bits!r} is out of range for {self.name}: valid is {lo} to {hi}")

@@ -184,14 +184,13 @@ class OFDMLink:
     def __init__(self, config: PhyConfig, device: torch.device | str = "cpu"):
         config.check()
         self.config, self.device = config, torch.device(device)
-        phy = require_sionna("ofdm")
+        require_sionna("ofdm")
         import numpy as np
         from sionna.phy.channel import ApplyOFDMChannel, GenerateOFDMChannel
         from sionna.phy.channel.tr38901 import TDL
         from sionna.phy.mimo import StreamManagement
         from sionna.phy.ofdm import LMMSEEqualizer, LSChannelEstimator, PilotPattern, ResourceGrid, ResourceGridMapper
 
-        del phy
         dev = str(self.device)
         c = config
         mask = np.zeros((1, 1, c.ofdm_symbols, c.subcarriers), bool)
