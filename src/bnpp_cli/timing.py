@@ -81,7 +81,7 @@ def busy_warning(times_ms: Sequence[float], threads: int, load_before: float | N
             reasons.append(f"slowest run {max(times_ms) / median:.1f}x the median")
     if not reasons:
         return None
-    return "the machine was busy (" + "; ".join(reasons) + "): these times overstate the model's cost"
+    return "the machine was busy (" + "; ".join(reasons) + "): these times may overstate the model's cost"
 
 
 def summary(times_ms: Sequence[float], threads: int, load_before: float | None) -> dict[str, Any]:
