@@ -63,7 +63,9 @@ def _run(args, label: str, workers: int, threads: int) -> dict:
     out.mkdir(parents=True)
     config = _config(args, out)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    logs = [out / f"worker{i}.jsonl" for i in range(workers)]
+    logs = [out.with_name(f"{out.name}.worker{i}.jsonl") for i in range(workers)]  # beside the search directory
+    for log in logs:
+        log.unlink(missing_ok=True)
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(config), str(threads), str(log)],
                               env=env, cwd=REPO / "benchmarks") for log in logs]
