@@ -401,7 +401,7 @@ def stale_reason(cfg, layout=None) -> str | None:
     new = plan_codec(tuple(saved.feature_shape), **({"layout": layout} if layout is not None else {}), ratio=cfg.ratio,
                      spatial_reduction=cfg.spatial_reduction, preset=cfg.preset,
                      feature_nonnegative=old.output_activation == "relu", hidden_channels=cfg.hidden_channels,
-                     encoder_blocks=cfg.encoder_blocks)
+                     encoder_blocks=cfg.encoder_blocks, num_classes=saved.num_classes)
     diff = old.differences(new)
     return "codec " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()) if diff else None
 

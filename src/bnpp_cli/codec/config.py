@@ -249,7 +249,8 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
                code_channels: int | None = None, spatial_reduction: bool | None = None,
                preset: str = "bnpp", output_activation: str | None = None,
                feature_nonnegative: bool = True, hidden_channels: int | None = None,
-               encoder_blocks: int | None = None, decoder_blocks: int = 0) -> CodecConfig:
+               encoder_blocks: int | None = None, decoder_blocks: int = 0,
+               num_classes: int | None = None) -> CodecConfig:
     """Choose C' (and whether to halve H, W) for a target bandwidth ratio or a given C'.
 
     ``layout`` is the split point's (split.layouts); None means a (C, H, W) conv map. The feature is
@@ -264,7 +265,8 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
     round(s x elements / R / P), at most D, and the map the rest of the budget:
     C' = round((elements / R - P k) / (H' W')). The achieved ratio is ``config.bandwidth_ratio`` and
     may differ from R by that rounding: the symbols are within H' W' / 2 (half a code channel) of
-    elements / R."""
+    elements / R. ``num_classes`` (the task's classes, None where unknown) goes to the preset's inner
+    width rule (presets.default_hidden_channels) when ``hidden_channels`` is None."""
     shape, layout = _checked_shape(feature_shape, layout)
     try:
         c, h, w = layout.map_shape(shape)
@@ -284,6 +286,8 @@ def plan_codec(feature_shape: tuple[int, ...], *, layout: FeatureLayout | None =
 
     if output_activation is None:
         output_activation = "relu" if feature_nonnegative else "none"
+    if hidden_channels is None and spec.hidden_width is not None:  # the preset's width for the task's classes
+        hidden_channels = spec.hidden_width(c, c_code, num_classes)
     blocks = encoder_blocks or 0
     if spec.default_encoder_blocks is not None and encoder_blocks is None:
         blocks = spec.default_encoder_blocks

@@ -100,7 +100,7 @@ def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
                            code_channels=config.code_channels, spatial_reduction=config.spatial_reduction,
                            preset=config.preset, feature_nonnegative=_nonnegative(head, train_set, backbone.data_config),
                            hidden_channels=config.hidden_channels, encoder_blocks=config.encoder_blocks,
-                           decoder_blocks=int(config.decoder_blocks))
+                           decoder_blocks=int(config.decoder_blocks), num_classes=backbone.num_classes)
     if saved is not None:
         check_same_codec(run_dir, saved.codec, codec_cfg)
     check_batches(len(train_set), config.batch_size, world)
