@@ -51,8 +51,7 @@ def require_sionna(channel: str) -> Any:
     try:
         import sionna.phy
     except ImportError:
-        raise ChannelError(f"channel '{channel}' needs Sionna PHY, which is not installed: {INSTALL}",
-                           hint=INSTALL) from None
+        raise ChannelError(f"channel '{channel}' needs Sionna PHY, which is not installed: {INSTALL}") from None
     return sionna.phy
 
 
