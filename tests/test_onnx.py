@@ -122,7 +122,9 @@ def test_cli_predict_json_names_the_bytes_and_refuses_top_0(deployed, tmp_path):
     d = json.loads(out.read_text())
     assert len(d["predictions"]) == 3 and len(d["predictions"][0]["top"]) == 2
     assert (d["payload_bytes"], d["wire_header_bytes"], d["frame_bytes"]) == (768, 48, 816)
-    assert d["batch_size"] == 2 and set(d["latency_ms"]["device"]) == {"median", "min", "max"}
+    assert d["batch_size"] == 2 and set(d["latency_ms"]["device"]) == {"median", "min", "max", "runs", "threads", "load",
+                                                                       "cores", "warning"}
+    assert d["latency_ms"]["device"]["threads"] == 1 and d["latency_ms"]["device"]["runs"] == 2  # 3 images in 2 batches
     assert "payload 768 B + 48 B wire header = 816 B frame" in r.output and "warm-up" in r.output
     r = runner.invoke(app, ["predict", str(deploy), str(tmp_path / "imgs"), "--top", "0"])
     assert r.exit_code == 2 and "--top 0" in r.output and "Traceback" not in r.output
