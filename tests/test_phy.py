@@ -237,3 +237,36 @@ def test_eval_reports_channel_uses_and_block_error_rate(tmp_path, name):
         assert low["blocks"] == 16 * low["blocks_per_image"] and 0 < low["code_rate"] <= 0.5
     else:
         assert uses == 168 * math.ceil(ev.code_symbols / 288)
+
+
+def test_eval_measures_a_code_on_another_link_than_it_was_trained_on(tmp_path):
+    from typer.testing import CliRunner
+
+    from bnpp_cli.cli import app
+    from bnpp_cli.errors import ChannelError
+    from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
+
+    from .helpers import tiny_npz, tiny_run
+
+    tiny_run(tmp_path, channel="ofdm", condition=[0.0, 20.0], ratio=16.0, limit=32)
+    test = str(tiny_npz(tmp_path / "test.npz", n=16, seed=1))
+    run = str(tmp_path / "run")
+    trained = evaluate_run(EvalConfig(run, test, conditions=[10.0], draws=1))
+    fast = evaluate_run(EvalConfig(run, test, conditions=[10.0], draws=1, link={"speed_mps": 120.0}))
+    assert "UE speed 3 m/s" in trained.channel_definition and "UE speed 120 m/s" in fast.channel_definition
+    with pytest.raises(ChannelError, match="`link` key 'speed' is not a radio link setting"):
+        evaluate_run(EvalConfig(run, test, conditions=[10.0], draws=1, link={"speed": 120.0}))
+    r = CliRunner().invoke(app, ["eval", run, "--data", test, "--snr", "10", "--draws", "1", "--phy", "speed_mps=120"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "UE speed 120 m/s" in text and "channel uses/image" in text, r.output
+
+
+def test_eval_refuses_a_link_change_for_a_textbook_channel(tmp_path, fitted):
+    from typer.testing import CliRunner
+
+    from bnpp_cli.cli import app
+
+    fit = fitted()
+    r = CliRunner().invoke(app, ["eval", str(fit.run), "--data", str(fit.data), "--phy", "speed_mps=120"])
+    assert r.exit_code == 2 and "--phy applies to the radio links (ofdm, ldpc), not this run's channel 'awgn'" in r.output, \
+        r.output

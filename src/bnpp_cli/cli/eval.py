@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import CONDITION_FLAGS, check_outputs, DataOpt, JsonOpt, SeedOpt, link_condition, parse_list, write_json_output
+from .options import (CONDITION_FLAGS, check_outputs, DataOpt, JsonOpt, PhyOpt, SeedOpt, link_condition, parse_list,
+                      phy_overrides, write_json_output)
 
 
 def eval_(
@@ -22,6 +23,7 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     json_path: JsonOpt = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write accuracy vs condition as a PNG.")] = None,
+    phy: PhyOpt = None,
     seed: SeedOpt = 0,
 ):
     """Top-1 against channel quality, and the compression actually achieved."""
@@ -37,7 +39,8 @@ def eval_(
     name, values = link_condition(snr, erasure, flip)
     conditions = parse_list(values, CONDITION_FLAGS[name]) if name else None
     config = EvalConfig(run=str(run), data=data, conditions=conditions, condition_name=name,
-                        draws=draws, limit=limit, data_root=data_root, device=device, seed=seed)
+                        draws=draws, limit=limit, data_root=data_root, device=device, seed=seed,
+                        link=phy_overrides(phy) or None)
     result = evaluate_run(config)
     render_eval(result)  # the table first: a file that cannot be written does not hide it
     write_json_output(json_path, result.to_dict())

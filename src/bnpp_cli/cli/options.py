@@ -17,7 +17,7 @@ import typer
 # condition name (Channel.condition_name) -> the flag that gives it
 CONDITION_FLAGS = {"snr_db": "--snr", "erasure": "--erasure", "flip": "--flip"}
 # config field -> the flag that sets it, where the flag is not the field's own name ("top_k" -> "--top")
-_RENAMED = {"top_k": "--top", "all_points": "--all", "feature_cache": "--cache-features", "json_path": "--json"}
+_RENAMED = {"top_k": "--top", "all_points": "--all", "link": "--phy", "feature_cache": "--cache-features", "json_path": "--json"}
 # every config field that a command exposes under its own name ("img_size" -> "--img-size")
 _FIELDS = ("model", "pretrained", "checkpoint", "num_classes", "img_size", "model_kwargs", "mean", "std", "reparam",
            "data", "samples", "repeats", "verify", "ratio", "bits_per_image", "bandwidth_mbps", "device_gmacs",
@@ -170,13 +170,20 @@ def channel_config(channel: str, snr: str | None, erasure: str | None, flip: str
 
 def phy_config(values: list[str] | None):
     """--phy key=value ... -> a PhyConfig (its defaults for the keys not given), or None when none given."""
+    from ..link.phy import PhyConfig
+
+    return PhyConfig(**phy_overrides(values)) if values else None
+
+
+def phy_overrides(values: list[str] | None) -> dict:
+    """--phy key=value ... -> {PhyConfig field: value}, each parsed as its field's type; {} when none given."""
     import dataclasses
 
     from ..errors import ChannelError
     from ..link.phy import PhyConfig
 
     if not values:
-        return None
+        return {}
     fields = {f.name: f for f in dataclasses.fields(PhyConfig)}
     given: dict = {}
     for item in values:
@@ -194,4 +201,4 @@ def phy_config(values: list[str] | None):
         except ValueError:
             raise ChannelError(f"--phy {item!r}: {raw!r} is not a valid {key} "
                                f"(like {default!r})") from None
-    return PhyConfig(**given)
+    return given

@@ -192,15 +192,20 @@ def render_eval(r) -> None:
     if vl:  # and the batch-1 frame they make, measured
         t.add_column("symbols/image", justify="right")
         t.add_column("frame bytes", justify="right")
-    t.add_row("uncut backbone", f"{r.backbone_top1:.2%}", "", "", "", *vl)
-    t.add_row("noiseless link", f"{r.noiseless_top1:.2%}", "", "", f"{100 * (r.backbone_top1 - r.noiseless_top1):.2f} pt", *vl)
+    radio = [k for k in ("channel_uses_per_image", "block_error_rate") if r.results and k in r.results[0]]
+    for key in radio:  # a radio link (link.phy, link.ldpc): channel uses, and the LDPC blocks that failed
+        t.add_column({"channel_uses_per_image": "channel uses/image", "block_error_rate": "BLER"}[key], justify="right")
+    pad = vl + [""] * len(radio)
+    t.add_row("uncut backbone", f"{r.backbone_top1:.2%}", "", "", "", *pad)
+    t.add_row("noiseless link", f"{r.noiseless_top1:.2%}", "", "", f"{100 * (r.backbone_top1 - r.noiseless_top1):.2f} pt", *pad)
     lo, hi = r.train_range
     for row in r.results:
         value = next(iter(row["condition"].values()))
         inside = lo is None or (lo <= value and (hi is None or value <= hi))
         t.add_row(row["label"] + ("" if inside else " *"), f"{row['top1_mean']:.2%}", f"{100 * row['top1_std']:.2f} pt", str(row["draws"]),
                   f"{100 * (r.backbone_top1 - row['top1_mean']):.2f} pt",
-                  *([str(row["symbols_per_image"]), f"{row['frame_bytes']:.0f}"] if vl else []))
+                  *([str(row["symbols_per_image"]), f"{row['frame_bytes']:.0f}"] if vl else []),
+                  *[_radio_cell(row.get(key)) for key in radio])
     console.print(t)
     if vl and r.symbols_per_image_mean is not None:
         console.print(f"Variable-length code: {r.symbols_per_image_mean:.1f} symbols/image on average over these "
@@ -210,6 +215,12 @@ def render_eval(r) -> None:
         console.print(Text(_normalisation({**r.normalisation, "normalisation": r.normalisation.get("source")})))
     for warning in r.warnings:
         console.print(Text(f"Warning: {flags(warning)}", style="bold yellow"))
+
+
+def _radio_cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def render_export(r) -> None:

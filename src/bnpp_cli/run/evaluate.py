@@ -58,6 +58,9 @@ class EvalConfig:
         data_root: where torchvision datasets live; default None.
         device: torch device, "cpu" or "cuda"; default "cpu".
         seed: seed of the noise draws; default 0.
+        link: the radio link changed for this evaluation, {PhyConfig field: value} (the Sionna
+            channels only), e.g. {"speed_mps": 120} to measure a code away from the UE speed it was
+            trained at; default None: the run's own link.
     """
 
     run: str
@@ -70,6 +73,7 @@ class EvalConfig:
     data_root: str | None = None
     device: str = "cpu"
     seed: int = 0
+    link: dict[str, Any] | None = None  # the radio link changed for this evaluation (PhyConfig fields)
 
 
 @dataclass
@@ -159,7 +163,7 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     if config.limit is not None and config.limit < 1:
         raise DataError(f"`limit` {config.limit} must be at least 1 (images)")
     run_config = run.config if run is not None else _checked_run_config(config.run)
-    channel = run_config.channel.build()
+    channel = _eval_channel(run_config.channel, config.link)
     requested = config.conditions
     if config.condition_name is not None:
         requested = select_condition(channel, {config.condition_name: requested}, "this run's")
@@ -167,6 +171,8 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
     dataset = _test_set(config, run_config)
     run = run or load_run(config.run)
     device = torch.device(config.device)
+    if config.link:
+        run.pipeline.channel = channel  # the link changed for this evaluation
     pipeline = run.pipeline.eval().to(device)
     params = [pipeline.channel.param_from_condition(c) for c in conditions]
     tally = _Tally(pipeline, params, config.draws, config.seed, device)
@@ -181,6 +187,21 @@ def evaluate_run(config: EvalConfig, run: Run | None = None) -> EvalResult:
             tally.add(f, y, source(x) if source is not None else pipeline.tail(f))
             meter.add(f)
     return _result(run, pipeline.channel, conditions, tally, meter)
+
+
+def _eval_channel(saved, link: dict[str, Any] | None):
+    """The run's channel, with its radio link changed by ``link`` (PhyConfig fields) where given."""
+    if not link:
+        return saved.build()
+    if saved.phy is None:
+        raise ChannelError(f"`link` applies to the radio links (ofdm, ldpc), not this run's channel '{saved.name}'")
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(saved.phy)}
+    bad = sorted(set(link) - known)
+    if bad:
+        raise ChannelError(f"`link` key {bad[0]!r} is not a radio link setting", hint="valid: " + ", ".join(sorted(known)))
+    return dataclasses.replace(saved, phy=dataclasses.replace(saved.phy, **link)).build()
 
 
 def _checked_run_config(path: str):
