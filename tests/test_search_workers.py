@@ -321,7 +321,7 @@ def test_a_killed_worker_leaves_its_candidate_to_the_next_who_resumes_it(tmp_pat
     assert p.returncode == -signal.SIGKILL
     assert ["killed", victim] in _log(tmp_path / "a.log")
     (running,) = [t for t in _trials(config) if t.state.name == "RUNNING"]
-    assert running.user_attrs["name"] == victim and running.user_attrs["host"] == socket.gethostname()
+    assert running.user_attrs["name"] == victim and running.user_attrs["host"] == study_mod.worker_host()
 
     _finish(_worker(config, tmp_path / "b.log"))
     log = _log(tmp_path / "b.log")

@@ -17,10 +17,10 @@ A worker claims a candidate before fitting it: Optuna pops a WAITING trial by a 
 storage (a row lock in an RDB, the journal's file lock), so two workers never hold the same trial. Two
 workers that queue the same round at the same moment leave twin trials; the one that pops a twin
 claims the other twins too and the lowest-numbered claim keeps the candidate, so it is fitted once.
-A running trial records its worker (host, pid) and a heartbeat every HEARTBEAT_S seconds; a trial
-whose worker is gone (the same host and the pid dead, or no heartbeat for STALE_S seconds from any
-host) is failed and queued again (``retry_of``), and the next worker resumes the candidate's run from
-its checkpoint when it can see the run directory.
+A running trial records its worker (host name and boot id, pid) and a heartbeat every HEARTBEAT_S
+seconds; a trial whose worker is gone (the same host and the pid dead, or no heartbeat for STALE_S
+seconds from any host) is failed and queued again (``retry_of``), and the next worker resumes the
+candidate's run from its checkpoint when it can see the run directory.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ class SearchStudy:
                 self._drop(t._trial_id, {"duplicate_of": winner.number if winner else -1})
                 continue
             claim = Claim(t.number, t._trial_id, {k: t.user_attrs[k] for k in _CANDIDATE})
-            for k, v in (("host", socket.gethostname()), ("pid", os.getpid()), ("heartbeat", time.time())):
+            for k, v in (("host", worker_host()), ("pid", os.getpid()), ("heartbeat", time.time())):
                 self.storage.set_trial_user_attr(t._trial_id, k, v)
             self._start_heartbeat(t._trial_id)
             return claim
@@ -232,7 +232,7 @@ class SearchStudy:
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        host, now, back = socket.gethostname(), time.time(), []
+        host, now, back = worker_host(), time.time(), []
         for t in self._trials(TrialState.RUNNING):
             a = t.user_attrs
             beat = a.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
@@ -286,6 +286,16 @@ class SearchStudy:
             stop.set()
             thread.join()
             self._beat = None
+
+
+def worker_host() -> str:
+    """This machine, as a trial records it: the host name and, on Linux, the boot id (two machines
+    that share a name, VMs made from one image, are told apart; a pid is only checked on its own host)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}" if boot else socket.gethostname()
 
 
 def _alive(pid: int) -> bool:
