@@ -401,3 +401,15 @@ def test_postgresql_as_the_storage(tmp_path, postgres):
     again = search_split_rate(_tiny(tmp_path, "elsewhere", splits=["layer4"], rounds=1, storage=postgres,
                                     study="pg-search"), lambda e, i: events.append(e))
     assert "fit" not in events and again.recommendation["candidate"]["name"] == trial.user_attrs["name"]
+    # two worker processes on one PostgreSQL study: each candidate fitted once (claims by row lock)
+    shared = _tiny(tmp_path, "pg2", splits=["layer2", "layer3", "layer4"], rounds=1, storage=postgres,
+                   study="pg-two")
+    (tmp_path / "barrier").mkdir()
+    workers = [_worker(shared, tmp_path / f"pg{i}.log", barrier=str(tmp_path / "barrier"), workers=2) for i in (0, 1)]
+    for p in workers:
+        _finish(p)
+    fitted = [row[1] for i in (0, 1) for row in _log(tmp_path / f"pg{i}.log") if row[0] == "fit_codec"]
+    assert sorted(fitted) == ["layer2-r4-n32-e1", "layer3-r4-n32-e1", "layer4-r4-n32-e1"]
+    done = [t.user_attrs["name"] for t in optuna.load_study(study_name="pg-two", storage=postgres).trials
+            if t.state.name == "COMPLETE"]
+    assert sorted(done) == sorted(fitted)
