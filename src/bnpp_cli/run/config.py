@@ -46,7 +46,7 @@ class FitConfig:
         preset: the codec preset (bnpp, bottlenetpp: the paper's, entropy, variable); default
             "bnpp".
         hidden_channels: bnpp preset: width of the extra layer, channels; default None (the
-            preset's default).
+            preset's rule: max(4 C', 64, 4 x classes up to 256), at most C).
         encoder_blocks: bnpp preset: residual blocks in the encoder (device side); default None
             (the preset's default, 1).
         decoder_blocks: bnpp preset: residual blocks in the decoder (edge side, device MACs
@@ -71,7 +71,7 @@ class FitConfig:
         distill: weight of KL(uncut model || pipeline) on the logits; default None: the recipe's
             (bnpp 1, bottlenetpp 0).
         distill_temperature: softmax temperature T of that KL (the loss scaled by T^2); default
-            None: the recipe's (bnpp 4).
+            None: the recipe's for the backbone's classes (bnpp 4 up to 10 classes, 1 above).
         distill_features: weight of || g - g_uncut ||^2 / || g_uncut ||^2, g the tail's pre-logits
             features (the classifier's input), distilled as well as the logits; default None: the
             recipe's (0). Not with a feature cache (it holds logits only).
