@@ -329,8 +329,10 @@ def test_halves(test_npz: Path, out_dir: Path = RUNS / "heldout", *, seed: int =
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, idx in halves.items():
         digest = hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:16]
-        path = out_dir / f"{Path(test_npz).stem}_{name}_{len(idx)}_{digest}.npz"
-        if not path.is_file():  # named by the indices' hash: a different split never reuses a file
+        # named by the dataset's folder and the indices' hash: a different split, or another dataset's
+        # 10,000-image test split (the same indices), never reuses a file
+        path = out_dir / f"{Path(test_npz).resolve().parent.name}_{Path(test_npz).stem}_{name}_{len(idx)}_{digest}.npz"
+        if not path.is_file():
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, x=raw["x"][idx], y=raw["y"][idx], **extra)
             tmp.replace(path)
