@@ -1,15 +1,14 @@
-"""Defaults that follow from the task: the bnpp codec's inner width grows with the number of classes and
-the distillation temperature drops to 1 above 10 classes (docs/defaults.md: resnet18 / CIFAR-100 at
-layer3 16x); 10-class fits are left as they were."""
+"""Defaults that follow from the task: the bnpp codec's inner width grows with the number of classes
+(docs/defaults.md: resnet18 / CIFAR-100 at layer3 16x), and leaves 10-class codecs as they were."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from bnpp_cli.codec.config import plan_codec
-from bnpp_cli.codec.presets import BNPP, BOTTLENETPP, CLASS_WIDTH_CAP, default_hidden_channels
+from bnpp_cli.codec.presets import CLASS_WIDTH_CAP, default_hidden_channels
 from bnpp_cli.link.config import ChannelConfig
-from bnpp_cli.run.fit import FitConfig, fit_codec, resolve_recipe
+from bnpp_cli.run.fit import FitConfig, fit_codec
 from bnpp_cli.split.backbone import BackboneConfig
 
 
@@ -34,24 +33,6 @@ def test_plan_codec_passes_the_classes_to_the_width_and_an_explicit_width_wins()
     assert plan_codec((256, 2, 2), ratio=16, num_classes=100, preset="bottlenetpp").hidden_channels is None
 
 
-def test_the_temperature_is_4_up_to_10_classes_and_1_above():
-    r = BNPP.recipe
-    assert [r.temperature(k) for k in (None, 2, 10, 11, 100, 1000)] == [4.0, 4.0, 4.0, 1.0, 1.0, 1.0]
-    assert BOTTLENETPP.recipe.temperature(100) == 1.0  # the paper's recipe does not distil (weight 0)
-
-
-def test_resolve_recipe_reads_the_classes_and_an_explicit_temperature_wins():
-    def fit(classes, **kw):
-        return FitConfig(backbone=BackboneConfig("test_resnet", num_classes=classes), split="layer2", data="d",
-                         out="o", **kw)
-
-    assert resolve_recipe(fit(10)).distill_temperature == 4.0
-    assert resolve_recipe(fit(100)).distill_temperature == 1.0
-    assert resolve_recipe(fit(None)).distill_temperature == 4.0  # not known before the model loads
-    assert resolve_recipe(fit(None), num_classes=100).distill_temperature == 1.0
-    assert resolve_recipe(fit(100, distill_temperature=4.0)).distill_temperature == 4.0
-
-
 def _npz(path, n, classes):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
@@ -59,16 +40,14 @@ def _npz(path, n, classes):
     return path
 
 
-def test_a_fit_plans_its_width_and_temperature_from_the_backbones_classes(tmp_path):
-    data = _npz(tmp_path / "train.npz", 40, 10)  # labels 0-9: a class of every model below
-    planned = {}
-    for classes in (10, 40, None):  # None: test_resnet's own 1,000 classes, known once it is loaded
+def test_a_fit_plans_its_width_from_the_backbones_classes(tmp_path):
+    data = _npz(tmp_path / "train.npz", 40, 10)  # labels 0-9: a class of both models
+    widths = {}
+    for classes in (10, 40):
         cfg = FitConfig(backbone=BackboneConfig("test_resnet", num_classes=classes, img_size=32), split="layer3",
                         data=str(data), out=str(tmp_path / f"run{classes}"), channel=ChannelConfig("awgn", 20.0),
                         ratio=16.0, codec_epochs=1, batch_size=16, val_fraction=0.2)
         result = fit_codec(cfg)
-        assert result.config.feature_shape[0] == 192  # test_resnet's layer3: C' = 12, 4 C' = 48
-        planned[classes] = (result.config.num_classes, result.config.codec.hidden_channels,
-                            result.config.fit.distill_temperature)
-    # 10 classes: the floor of 64, T = 4; 40: 4 x 40 = 160, T = 1; 1,000: 256 capped at C = 192, T = 1
-    assert planned == {10: (10, 64, 4.0), 40: (40, 160, 1.0), None: (1000, 192, 1.0)}
+        assert result.config.feature_shape[0] == 192  # test_resnet's layer3
+        widths[classes] = result.config.codec.hidden_channels
+    assert widths == {10: 64, 40: 160}  # 10 classes: the floor of 64; 40 classes: 4 x 40

@@ -50,7 +50,7 @@ JointLrOpt = _opt(float, "Adam learning rate, phase joint.")
 ScheduleOpt = _opt(Str, "cosine (to 0 over each phase) or constant [preset's: bnpp cosine, bottlenetpp constant].")
 BatchOpt = _opt(Int, "Mini-batch size per process [preset's: 64 / 32].")
 DistillOpt = _opt(Float, "Weight of distillation from the uncut model [preset's: 1 / 0].")
-TemperatureOpt = _opt(Float, "Softmax temperature of the distillation [preset's: bnpp 4, 1 above 10 classes].")
+TemperatureOpt = _opt(Float, "Softmax temperature of the distillation [preset's: bnpp 4].")
 DistillFeaturesOpt = _opt(Float, "Weight of the tail's pre-logits features' relative squared error against the uncut "
                                  "model's (also distilled; not with --cache-features) [0].")
 DistillAtOpt = _opt(Str, "Tail modules, comma-separated, whose inputs --distill-features matches (the mean over "

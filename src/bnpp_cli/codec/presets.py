@@ -58,13 +58,6 @@ class Recipe:
     lr_schedule: str  # "cosine" (per step to 0 over each phase) or "constant"
     lmbda: float = 0.0  # rate weight (entropy-coded presets only): loss += lmbda x bits per image
     distill_features: float = 0.0  # weight of the tail's pre-logits features' relative squared error (run.loop)
-    many_classes: int | None = None  # above this many classes, T is many_classes_temperature; None: never
-    many_classes_temperature: float = 1.0
-
-    def temperature(self, num_classes: int | None) -> float:
-        """The distillation temperature for a task of ``num_classes`` classes (None: not known)."""
-        many = self.many_classes is not None and num_classes is not None and num_classes > self.many_classes
-        return self.many_classes_temperature if many else self.distill_temperature
 
 
 @dataclass(frozen=True)
@@ -190,10 +183,7 @@ BNPP = register_preset(CodecPreset(
     name="bnpp", layers=_bnpp_layers,
     # 10x the paper's lr (the codec is small and starts from scratch) with cosine decay to 0, and
     # distillation from the uncut model's logits at T = 4 (benchmarks/codec_ablation.py)
-    # T = 1 above 10 classes: CIFAR-100 at layer3 16x lost 0.36-0.79 points less on validation images
-    # than at T = 4; at 10 classes T = 1 and 4 were within noise (docs/defaults.md)
-    recipe=Recipe(lr=1e-3, batch_size=64, distill=1.0, distill_temperature=4.0, lr_schedule="cosine",
-                  many_classes=10),
+    recipe=Recipe(lr=1e-3, batch_size=64, distill=1.0, distill_temperature=4.0, lr_schedule="cosine"),
     # stride-2 code below C / ratio = 4: won at C / R = 1 and 2, lost at 4 (layer1 16x; README)
     thin_code_channels=4,
     decoder_condition=True, hidden_width=default_hidden_channels,

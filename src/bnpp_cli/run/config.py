@@ -71,7 +71,7 @@ class FitConfig:
         distill: weight of KL(uncut model || pipeline) on the logits; default None: the recipe's
             (bnpp 1, bottlenetpp 0).
         distill_temperature: softmax temperature T of that KL (the loss scaled by T^2); default
-            None: the recipe's for the backbone's classes (bnpp 4 up to 10 classes, 1 above).
+            None: the recipe's (bnpp 4).
         distill_features: weight of || g - g_uncut ||^2 / || g_uncut ||^2, g the tail's pre-logits
             features (the classifier's input), distilled as well as the logits; default None: the
             recipe's (0). Not with a feature cache (it holds logits only).

@@ -44,12 +44,11 @@ from .pipeline import SplitPipeline, build_pipeline
 from .rundir import RunDir
 
 
-def resolve_recipe(config: FitConfig, num_classes: int | None = None) -> FitConfig:
-    """Fill the fields left None from the preset's recipe (explicit values always win); the
-    distillation temperature follows the task's classes (``num_classes``, else the backbone config's)."""
+def resolve_recipe(config: FitConfig) -> FitConfig:
+    """Fill the fields left None from the preset's recipe (explicit values always win)."""
     recipe = get_preset(config.preset).recipe
-    fill = {k: getattr(recipe, k) for k in ("lr", "batch_size", "distill", "lr_schedule", "lmbda", "distill_features")}
-    fill["distill_temperature"] = recipe.temperature(num_classes or config.backbone.num_classes)
+    fill = {k: getattr(recipe, k) for k in ("lr", "batch_size", "distill", "distill_temperature", "lr_schedule", "lmbda",
+                                          "distill_features")}
     return replace(config, **{k: v for k, v in fill.items() if getattr(config, k) is None})
 
 
@@ -83,12 +82,11 @@ def _noop(event: str, info: dict[str, Any]) -> None:
 def fit_codec(config: FitConfig, callback: Callback = _noop) -> FitResult:
     """Validate everything, then train; the run directory appears only once the inputs are sound."""
     rank, world = distributed.rank_and_world()
-    asked, config = config, resolve_recipe(config)
+    config = resolve_recipe(config)
     run_dir = RunDir(config.out)
     check_fit_inputs(config, run_dir, world)
     torch.manual_seed(config.seed)  # a random-init backbone is reproducible too
     backbone = load_backbone(config.backbone)
-    config = replace(config, distill_temperature=resolve_recipe(asked, backbone.num_classes).distill_temperature)
     saved = run_dir.read_config() if config.resume else None
     if saved is not None:
         check_resumable(run_dir, saved, config)
