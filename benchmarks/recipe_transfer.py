@@ -21,7 +21,7 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
-from bnpp_cli import ChannelConfig, EvalConfig, FitConfig, evaluate_run, fit_and_measure, resolve_recipe
+from bnpp_cli import ChannelConfig, EvalConfig, FitConfig, RunDir, evaluate_run, fit_and_measure, resolve_recipe
 from harness import REPO, RUNS, SHARED_MODELS, Results, add_options, drop_stale, rel, shared_backbone, test_halves
 
 _CONDITION = {"awgn": "snr_db", "bec": "erasure"}
@@ -90,6 +90,7 @@ def main() -> None:
            "set": overrides(args.set), "seed": args.seed, "draws": args.draws,
            "recipe": {k: getattr(recipe, k) for k in ("lr", "batch_size", "distill", "distill_temperature",
                                                      "distill_features", "lr_schedule", "codec_epochs", "augment")},
+           "hidden_channels": RunDir(trial.run).read_config().codec.hidden_channels,  # as planned (the class floor)
            "train_images": train_images, "steps": steps_per_epoch * len(epochs), "code_shape": ev.code_shape,
            "symbols": ev.code_symbols, "payload_bits": ev.results[0].get("payload_bits"),
            "bits_per_image": ev.bits_per_image, "fit_seconds": trial.fit_seconds, "reused": trial.reused,
