@@ -372,8 +372,11 @@ def postgres(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    run = lambda *cmd: subprocess.run(as_user + [str(bin_dir / cmd[0]), *cmd[1:]], check=True,  # noqa: E731
-                                      capture_output=True, text=True)
+    def run(*cmd: str) -> None:
+        # from the cluster's own folder: the postgres user may not enter the suite's working directory
+        done = subprocess.run(as_user + [str(bin_dir / cmd[0]), *cmd[1:]], capture_output=True, text=True, cwd=root)
+        assert done.returncode == 0, f"{cmd[0]} {cmd[-1]}: {done.stdout}{done.stderr}"
+
     run("initdb", "-D", str(data), "--auth=trust", "-U", "bnpp")
     run("pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o",
         f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
