@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from bnpp_cli.link.channels import CHANNELS, BinaryErasureChannel, BinarySymmetricChannel, Channel, create_channel, dequantize, expected_levels, list_channels, quantize
+from bnpp_cli.link.channels import BinaryErasureChannel, BinarySymmetricChannel, Channel, dequantize, expected_levels, quantize
+from bnpp_cli.link.registry import CHANNELS, create_channel, list_channels
 from bnpp_cli.errors import ChannelError
 
 

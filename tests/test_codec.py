@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnpp_cli.link.channels import create_channel
+from bnpp_cli.link.registry import create_channel
 from bnpp_cli.codec.presets import default_hidden_channels, get_preset, list_presets
 from bnpp_cli.codec.model import Codec, build_codec
 from bnpp_cli.codec.config import CodecConfig, plan_codec

@@ -20,7 +20,7 @@ from bnpp_cli.codec.entropy import (PRECISION, SUPPORT, EntropyError, Factorized
 from bnpp_cli.codec.model import build_codec
 from bnpp_cli.errors import CodecError, WireError
 from bnpp_cli.link import capacity, wire
-from bnpp_cli.link.channels import create_channel
+from bnpp_cli.link.registry import create_channel
 from bnpp_cli.run.evaluate import EvalConfig, evaluate_run
 
 from .helpers import tiny_npz

@@ -23,7 +23,7 @@ from bnpp_cli.deploy.halves import load_device
 from bnpp_cli.link import wire
 from bnpp_cli.deploy.predict import PredictConfig, predict
 from bnpp_cli.errors import ChannelError, CodecError, ConfigError, RunError
-from bnpp_cli.link.channels import CHANNELS, create_channel, list_channels
+from bnpp_cli.link.registry import CHANNELS, create_channel, list_channels
 from bnpp_cli.link.config import ChannelConfig, select_condition
 from bnpp_cli.link.receiver import air_generator
 from bnpp_cli.run.config import SCHEMA_VERSION, FitConfig, RunConfig

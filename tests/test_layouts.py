@@ -15,7 +15,7 @@ from bnpp_cli.errors import CodecError
 from bnpp_cli.split.backbone import BackboneConfig
 from bnpp_cli.split.graph import split_model, trace_model
 from bnpp_cli.split.layouts import FeatureLayout, LayoutError
-from bnpp_cli.link.channels import create_channel
+from bnpp_cli.link.registry import create_channel
 
 # (family, timm name, create kwargs, input size, layout kinds the family's points must show)
 VIT = dict(depth=2, patch_size=8)

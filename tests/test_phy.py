@@ -12,7 +12,7 @@ import torch
 from bnpp_cli.configs import from_dict, to_dict
 from bnpp_cli.errors import ChannelError
 from bnpp_cli.link.config import ChannelConfig
-from bnpp_cli.link.channels import create_channel
+from bnpp_cli.link.registry import create_channel
 
 pytest.importorskip("sionna.phy")
 
@@ -136,7 +136,7 @@ def test_refused_in_one_line_without_sionna(monkeypatch, name):
 
 
 def test_import_bnpp_does_not_import_sionna():
-    code = "import sys, bnpp_cli, bnpp_cli.link.channels, bnpp_cli.link.config; print('sionna' in sys.modules)"
+    code = "import sys, bnpp_cli, bnpp_cli.link.registry, bnpp_cli.link.config; print('sionna' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

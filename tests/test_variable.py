@@ -15,7 +15,7 @@ from bnpp_cli.codec.variable import (TABLE_ENTRIES, LengthTable, allowed_lengths
                                      take_prefix)
 from bnpp_cli.errors import CodecError
 from bnpp_cli.link import wire
-from bnpp_cli.link.channels import create_channel
+from bnpp_cli.link.registry import create_channel
 from bnpp_cli.codec.calibrate import choose_lengths, length_grid
 
 PAIR = "ab" * 16

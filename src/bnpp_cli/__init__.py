@@ -21,7 +21,7 @@ _EXPORTS = {
     "trace_model": "split.graph", "split_model": "split.graph", "SplitPoint": "split.graph",
     "count_macs": "split.macs",
     "ProfileConfig": "split.profile", "Budget": "split.profile", "profile_model": "split.profile",
-    "create_channel": "link.channels", "list_channels": "link.channels", "ChannelConfig": "link.config",
+    "create_channel": "link.registry", "list_channels": "link.registry", "ChannelConfig": "link.config",
     "CodecConfig": "codec.config", "plan_codec": "codec.config", "build_codec": "codec.model",
     "list_presets": "codec.presets", "get_preset": "codec.presets",
     "load_dataset": "data.datasets",

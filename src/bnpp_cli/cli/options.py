@@ -159,7 +159,7 @@ def channel_config(channel: str, snr: str | None, erasure: str | None, flip: str
     radio link of --phy (the Sionna channels)."""
     from ..errors import ChannelError
     from ..link.config import ChannelConfig
-    from ..link.channels import PHY_CHANNELS
+    from ..link.registry import PHY_CHANNELS
 
     if phy and channel not in PHY_CHANNELS:
         raise ChannelError(f"--phy applies to the radio links ({', '.join(PHY_CHANNELS)}), not channel '{channel}'")

@@ -24,7 +24,7 @@ Channels (BottleNet++, Shao & Zhang 2020, plus the common Deep JSCC conventions)
   with probability p, an erased bit decoded as its expected value (half its weight),
   z_hat = value / (2^n - 1).
 - ``bsc``: the same quantisation, each bit flipped independently with probability p.
-- ``ofdm`` (link.phy) and ``ldpc`` (link.ldpc): real radio links through Sionna PHY, an optional
+- ``ofdm`` (link.phy) and ``ldpc`` (link.ldpc; all of them registered in link.registry): real radio links through Sionna PHY, an optional
   extra: OFDM with pilots over 3GPP TDL fading for analog codes; 5G NR LDPC + CRC + QAM for
   digital ones, a failed block an erasure. Their condition is the SNR Es/N0 in dB.
 
@@ -42,7 +42,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import ChannelError, choices_hint
+from ..errors import ChannelError
 from .quantize import bit_planes, dequantize, expected_levels, quantize, straight_through  # noqa: F401 (re-exported)
 
 Condition = Union[tuple[float, float], float, None]
@@ -73,6 +73,11 @@ class Channel(nn.Module):
     bits: int | None = None  # bits per symbol on digital channels, None on analog ones
     default_train_condition: Condition = None  # used when the constructor gets None
     per_symbol: bool = True  # a symbol's noise does not depend on the others (a code's prefix may be sent alone)
+
+    @classmethod
+    def create(cls, train_condition: Condition = None, bits: int = 8, phy=None) -> "Channel":
+        """The registry's one way to build any channel (link.registry): each kind takes what it uses."""
+        return cls(train_condition)
 
     def __init__(self, train_condition: Condition = None):
         super().__init__()
@@ -285,6 +290,10 @@ class DigitalChannel(Channel):
     default_eval_conditions = (0.0, 0.001, 0.01, 0.05, 0.1)  # around BottleNet++'s p = 0.01
     default_train_condition: Condition = 0.01  # BottleNet++ headline: p < 0.01
 
+    @classmethod
+    def create(cls, train_condition: Condition = None, bits: int = 8, phy=None) -> "Channel":
+        return cls(train_condition, bits=bits)
+
     def __init__(self, train_condition: Condition = None, bits: int = 8):
         lo, hi = BITS_RANGE
         if not (isinstance(bits, int) and lo <= bits <= hi):
@@ -380,36 +389,3 @@ class BinarySymmetricChannel(DigitalChannel):
         n = self.bits
         return (f"binary symmetric channel on {n}-bit symbols (q = round({2**n - 1} z)), each bit "
                 f"flipped with probability p")
-
-
-from .phy import OFDMChannel, PhyConfig  # noqa: E402 (Sionna's channels: sionna is imported when one is built)
-from .ldpc import LDPCChannel  # noqa: E402
-
-CHANNELS: dict[str, type[Channel]] = {
-    cls.name: cls
-    for cls in (NoiselessChannel, AWGNChannel, PowerAWGNChannel, RayleighChannel,
-                BinaryErasureChannel, BinarySymmetricChannel, OFDMChannel, LDPCChannel)
-}
-PHY_CHANNELS = ("ofdm", "ldpc")  # built over a PhyConfig (link.phy), with the `phy` extra
-
-
-def list_channels() -> list[str]:
-    """Names of the registered channels."""
-    return list(CHANNELS)
-
-
-def create_channel(name: str, train_condition: Condition = None, bits: int = 8,
-                   phy: PhyConfig | None = None) -> Channel:
-    """Build a channel by name; ``bits`` applies to digital channels only, ``phy`` to the Sionna
-    channels only (None: PhyConfig's defaults)."""
-    cls = CHANNELS.get(name)
-    if cls is None:
-        raise ChannelError(f"unknown channel {name!r}; valid: {', '.join(CHANNELS)}",
-                           hint=choices_hint(str(name), CHANNELS))
-    if cls is LDPCChannel:
-        return cls(train_condition, bits=bits, phy=phy)
-    if cls is OFDMChannel:
-        return cls(train_condition, phy=phy)
-    if issubclass(cls, DigitalChannel):
-        return cls(train_condition, bits=bits)
-    return cls(train_condition)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import ChannelError
-from .channels import CHANNELS, PHY_CHANNELS, Channel, create_channel
+from .channels import Channel
+from .registry import CHANNELS, PHY_CHANNELS, create_channel
 from .phy import PhyConfig
 
 
@@ -23,7 +24,7 @@ class ChannelConfig:
     """The simulated channel a codec trains under, stored in a run and its deploy halves.
 
     Attributes:
-        name: a registered channel (link.channels.CHANNELS: none, awgn, awgn-power, rayleigh, bec,
+        name: a registered channel (link.registry.CHANNELS: none, awgn, awgn-power, rayleigh, bec,
             bsc); default "awgn", BottleNet++'s analog channel.
         train_condition: the training condition in the channel's units (dB PSNR for analog
             channels, a bit probability for digital ones): S (from S to the best condition) or

@@ -108,6 +108,10 @@ class LDPCChannel(AnalogChannel):
     condition_axis = "SNR (dB, Es/N0 per complex channel symbol)"
     default_eval_conditions = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)  # dense around 16-QAM rate 1/2's cliff
 
+    @classmethod
+    def create(cls, train_condition: Condition = None, bits: int = 8, phy: PhyConfig | None = None) -> "LDPCChannel":
+        return cls(train_condition, bits=bits, phy=phy)
+
     def __init__(self, train_condition: Condition = None, bits: int = 8, phy: PhyConfig | None = None):
         lo, hi = BITS_RANGE
         if not (isinstance(bits, int) and lo <= bits <= hi):

@@ -258,6 +258,10 @@ class OFDMChannel(AnalogChannel):
     condition_axis = "SNR (dB, Es/N0 per resource element)"
     default_eval_conditions = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
 
+    @classmethod
+    def create(cls, train_condition: Condition = None, bits: int = 8, phy: PhyConfig | None = None) -> "OFDMChannel":
+        return cls(train_condition, phy=phy)
+
     def __init__(self, train_condition: Condition = None, phy: PhyConfig | None = None):
         self.phy = phy or PhyConfig()
         self.phy.check()
