@@ -21,7 +21,8 @@ from bnpp_cli.cli import app
 from bnpp_cli.errors import DataError, RunError
 from bnpp_cli.link.config import ChannelConfig
 from bnpp_cli.run.fit import FitConfig, fit_codec
-from bnpp_cli.split.backbone import BackboneConfig, read_state_dict
+from bnpp_cli.split.backbone import BackboneConfig
+from bnpp_cli.split.checkpoint import read_state_dict
 
 from .conftest import REPO
 from .helpers import tiny_npz

@@ -68,7 +68,7 @@ def test_frozen_backbone_is_untouched_by_codec_phase(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from bnpp_cli.split.backbone import read_state_dict
+    from bnpp_cli.split.checkpoint import read_state_dict
 
     torch.manual_seed(5)
     ref = timm.create_model("test_resnet", num_classes=10).state_dict()
@@ -132,7 +132,7 @@ def test_interrupted_run_resumes_without_losing_epochs(tmp_path):
     cfg = config()
     cfg.out = str(uninterrupted)
     fit_codec(cfg)
-    from bnpp_cli.split.backbone import read_state_dict
+    from bnpp_cli.split.checkpoint import read_state_dict
 
     a, b = read_state_dict(out / "codec.safetensors"), read_state_dict(uninterrupted / "codec.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -250,7 +250,7 @@ def test_joint_phase_keeps_the_brought_backbone_for_reference(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from bnpp_cli.split.backbone import read_state_dict
+    from bnpp_cli.split.checkpoint import read_state_dict
 
     torch.manual_seed(5)
     ref = timm.create_model("test_resnet", num_classes=10).state_dict()

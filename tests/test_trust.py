@@ -267,7 +267,7 @@ def test_a_checkpoint_of_another_architecture_does_not_hint_num_classes(tmp_path
 def test_a_refused_pickle_leaks_no_torch_warning(tmp_path):
     import numpy as np
 
-    from bnpp_cli.split.backbone import read_state_dict
+    from bnpp_cli.split.checkpoint import read_state_dict
 
     path = tmp_path / "pickled.pth"
     torch.save({"w": torch.zeros(2), "extra": np.zeros(3)}, path)

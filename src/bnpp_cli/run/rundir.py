@@ -22,7 +22,7 @@ import torch
 
 from ..errors import BnppError, RunError
 from ..files import atomic_write, write_json
-from ..split.backbone import read_state_dict
+from ..split.checkpoint import read_state_dict
 from .config import RunConfig
 
 CONFIG_FILE = "config.json"
